@@ -1,0 +1,90 @@
+"""Benchmarks: measured figures, never asserted in tests.
+
+``host overhead`` is all pipeline wall time that is not spent inside the runtime's inference
+call (letterbox, decode, NMS, alignment, tracking, matching, event making).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from facefleet.recognition.gallery import GalleryIndex
+from facefleet.recognition.pipeline import FacePipeline
+from facefleet.sources import Frame, open_source
+
+
+def _frames(source: str, repeat: int):
+    src = open_source(source)
+    try:
+        frames = list(src)
+    finally:
+        src.close()
+    if repeat > 1 or (len(frames) == 1 and frames[0].still):
+        # an image fed as a video: the same frame again and again (a camera on a still scene)
+        one = frames[0]
+        frames = [Frame(i, one.image, None) for i in range(max(repeat, 1))]
+    return frames
+
+
+def bench_pipeline(pipeline: FacePipeline, source: str, repeat: int = 1) -> dict:
+    frames = _frames(source, repeat)  # decoded up front: the benchmark measures the pipeline
+    det, rec = pipeline.detector.model, pipeline.recognizer.model
+    det0, rec0 = det.infer_seconds, rec.infer_seconds
+    calls0 = rec.calls
+    events = 0
+    t0 = time.perf_counter()
+    for f in frames:
+        events += len(pipeline.process(f))
+    events += len(pipeline.flush())
+    wall = time.perf_counter() - t0
+    n = len(frames)
+    det_s, rec_s = det.infer_seconds - det0, rec.infer_seconds - rec0
+    c = pipeline.counters
+    return {
+        "source": source,
+        "frames": n,
+        "fps": n / wall,
+        "ms_per_frame": wall * 1000 / n,
+        "stage_ms": {k: round(v, 3) for k, v in pipeline.clock.mean_ms().items()},
+        "inference_ms": {"detector": det_s * 1000 / n, "recognizer": rec_s * 1000 / n},
+        "host_overhead_ms": (wall - det_s - rec_s) * 1000 / n,
+        "faces_seen": c.faces,
+        "faces_per_frame": c.faces / n,
+        "faces_embedded": c.embedded,
+        "recognizer_calls": rec.calls - calls0,
+        "events": events,
+        "models": pipeline.models.model_dump(),
+    }
+
+
+def bench_search(identities: int, dim: int = 512, queries: int = 5, repeats: int = 20, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((identities, dim), dtype=np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    index = GalleryIndex("bench", [f"id{i}" for i in range(identities)], t)
+    q = t[rng.choice(identities, queries, replace=False)] + 0.05 * rng.standard_normal((queries, dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    index.search(q, 5)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        index.search(q, 5)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"identities": identities, "dim": dim, "queries_per_call": queries,
+            "ms_median": float(np.median(times)), "ms_p90": float(np.percentile(times, 90)),
+            "ms_min": float(np.min(times))}
+
+
+def format_result(r: dict) -> str:
+    if "identities" in r:
+        return (f"gallery search {r['identities']} x {r['dim']}, {r['queries_per_call']} queries/call: "
+                f"median {r['ms_median']:.2f} ms, p90 {r['ms_p90']:.2f} ms")
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stage_ms"].items())
+    return (f"{r['frames']} frames: {r['fps']:.1f} fps ({r['ms_per_frame']:.2f} ms/frame)\n"
+            f"stages ms/frame: {stages}\n"
+            f"inference ms/frame: detector {r['inference_ms']['detector']:.2f}, recognizer {r['inference_ms']['recognizer']:.2f}\n"
+            f"host overhead: {r['host_overhead_ms']:.2f} ms/frame\n"
+            f"faces seen {r['faces_seen']} ({r['faces_per_frame']:.2f}/frame), embedded {r['faces_embedded']} "
+            f"in {r['recognizer_calls']} recognizer calls; {r['events']} events")

@@ -1,0 +1,282 @@
+"""The ``facefleet`` command. Errors are one line on stderr and a non-zero exit, never a traceback
+(set FACEFLEET_DEBUG=1 to see one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from facefleet import __version__
+from facefleet.errors import FacefleetError
+
+log = logging.getLogger("facefleet")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other error
+        sys.stderr.write(f"facefleet: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---- gallery ---------------------------------------------------------------------------------
+def cmd_gallery_add(args) -> int:
+    from facefleet.config import load_config
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.loader import enroll_images, load_detector
+    from facefleet.runtime import create_backend
+
+    cfg = load_config(args.config)
+    backend = create_backend(cfg.models.backend)
+    detector = load_detector(backend, args.detector or cfg.models.detector, cfg)
+    for img in args.images:  # fail before creating anything
+        if not Path(img).is_file():
+            raise FacefleetError(f"image not found: {img}")
+    gallery = Gallery.open(args.gallery, create=True)
+    added = enroll_images(gallery, detector, args.name, args.images)
+    print(f"{args.name}: {added} face(s) added, {len(gallery.info(args.name)['crops'])} in total")
+    return 0
+
+
+def cmd_gallery_list(args) -> int:
+    from facefleet.recognition.gallery import Gallery
+
+    gallery = Gallery.open(args.gallery)
+    rows = [{"name": n, "crops": len(gallery.info(n)["crops"]), "added": gallery.info(n).get("added")} for n in gallery.names()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['name']}\t{r['crops']}")
+    return 0
+
+
+def cmd_gallery_remove(args) -> int:
+    from facefleet.recognition.gallery import Gallery
+
+    gallery = Gallery.open(args.gallery)
+    gallery.remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+# ---- run / demo ------------------------------------------------------------------------------
+def _build_pipeline(args, cfg):
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.loader import gallery_index, load_models
+    from facefleet.recognition.pipeline import FacePipeline
+    from facefleet.runtime import create_backend
+
+    gallery = Gallery.open(args.gallery)
+    backend = create_backend(cfg.models.backend)
+    models = load_models(backend, cfg, args.detector, args.recognizer)
+    index = gallery_index(gallery, models.recognizer)
+    log.info("detector %s (%s), recognizer %s (%s), gallery %d identities",
+             models.detector.spec.name, models.detector.spec.fingerprint,
+             models.recognizer.spec.name, models.recognizer.fingerprint, len(index))
+    return FacePipeline(models.detector, models.recognizer, index, cfg)
+
+
+def run_source(pipeline, source, publish: Callable) -> int:
+    """Feed every frame of ``source`` through ``pipeline``; publish each event. Returns events."""
+    n = 0
+    try:
+        for frame in source:
+            for ev in pipeline.process(frame):
+                publish(ev)
+                n += 1
+    finally:
+        for ev in pipeline.flush():
+            publish(ev)
+            n += 1
+        source.close()
+    return n
+
+
+def cmd_run(args) -> int:
+    from facefleet.config import load_config
+    from facefleet.sources import open_source
+    from facefleet.transport.jsonl import JsonlSink
+
+    cfg = load_config(args.config)
+    source = open_source(args.source)
+    pipeline = _build_pipeline(args, cfg)
+    sink = JsonlSink(args.events)
+    try:
+        n = run_source(pipeline, source, sink.publish)
+    finally:
+        sink.close()
+    c = pipeline.counters
+    log.info("%d frames, %d faces, %d embedded in %d recognizer calls, %d events",
+             c.frames, c.faces, c.embedded, c.recognizer_calls, n)
+    if source.skipped:
+        raise FacefleetError(f"{source.skipped} input(s) could not be read (see the log)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from facefleet.assets import assets_dir
+
+    assets = assets_dir()
+    enroll = sorted(p for p in (assets / "enroll").iterdir() if p.is_file())
+    video = assets / "video" / "hamilton_clip.mp4"
+    from facefleet.config import load_config
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.loader import enroll_images, load_detector
+    from facefleet.runtime import create_backend
+
+    cfg = load_config(args.config)
+    with tempfile.TemporaryDirectory(prefix="facefleet-demo-") as tmp:
+        gallery = Path(tmp) / "gallery"
+        g = Gallery.open(gallery, create=True)
+        detector = load_detector(create_backend(cfg.models.backend), cfg.models.detector, cfg)
+        for img in enroll:
+            enroll_images(g, detector, img.stem, [img])
+            log.info("enrolled %s from %s", img.stem, img.name)
+        run_args = argparse.Namespace(source=str(video), gallery=str(gallery), detector=None, recognizer=None,
+                                      config=args.config, events=args.events)
+        return cmd_run(run_args)
+
+
+# ---- bench -----------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from facefleet import bench
+
+    if args.what == "search":
+        result = bench.bench_search(args.identities, args.dim, args.queries)
+    else:
+        if not args.source or not args.gallery:
+            raise FacefleetError("bench needs --source and --gallery")
+        from facefleet.config import load_config
+
+        cfg = load_config(args.config)
+        if args.recheck_every is not None:
+            cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"recheck_every": args.recheck_every})})
+        pipeline = _build_pipeline(args, cfg)
+        result = bench.bench_pipeline(pipeline, args.source, repeat=args.repeat)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(bench.format_result(result))
+    return 0
+
+
+def cmd_events_schema(args) -> int:
+    from facefleet.events import json_schema
+
+    print(json.dumps(json_schema(), indent=1))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from facefleet.modelspec import resolve_model
+
+    for m in args.models:
+        r = resolve_model(m)
+        print(f"{r.path}\t{r.spec.name}\t{r.spec.kind}\t{r.spec.fingerprint}")
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="facefleet", description="Face recognition for Raspberry Pi + Hailo-8 fleets.")
+    p.add_argument("--version", action="version", version=f"facefleet {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (stderr)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("gallery", help="manage an enrolled gallery")
+    gsub = g.add_subparsers(dest="gallery_command", required=True, parser_class=_Parser)
+    ga = gsub.add_parser("add", help="enroll the largest face of each image")
+    ga.add_argument("--gallery", required=True, help="gallery folder (created if missing)")
+    ga.add_argument("--name", required=True)
+    ga.add_argument("--detector", help="detector model (default: det_500m)")
+    ga.add_argument("--config", help="pipeline configuration YAML")
+    ga.add_argument("images", nargs="+", metavar="IMAGE")
+    ga.set_defaults(func=cmd_gallery_add)
+    gl = gsub.add_parser("list", help="list identities")
+    gl.add_argument("--gallery", required=True)
+    gl.add_argument("--json", action="store_true")
+    gl.set_defaults(func=cmd_gallery_list)
+    gr = gsub.add_parser("remove", help="remove an identity")
+    gr.add_argument("--gallery", required=True)
+    gr.add_argument("--name", required=True)
+    gr.set_defaults(func=cmd_gallery_remove)
+
+    def pipeline_args(sp, events: bool = True):
+        sp.add_argument("--source", required=sp.prog.endswith("run"), help="video file, URL, camera index, image or folder")
+        sp.add_argument("--gallery", required=sp.prog.endswith("run"), help="gallery folder")
+        sp.add_argument("--detector", help="detector model file (ModelSpec from a sidecar .json or the catalog)")
+        sp.add_argument("--recognizer", help="recognizer model file")
+        sp.add_argument("--config", help="pipeline configuration YAML")
+        if events:
+            sp.add_argument("--events", default="-", help="JSONL file to append events to, or - for stdout")
+
+    r = sub.add_parser("run", help="run the pipeline on a source, print one JSON event per line")
+    pipeline_args(r)
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="enroll shared/assets/enroll/* and run on the Hamilton clip")
+    d.add_argument("--config", help="pipeline configuration YAML")
+    d.add_argument("--events", default="-", help="JSONL file or - for stdout")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="measure fps, stage times, host overhead; 'bench search' for the gallery")
+    b.add_argument("what", nargs="?", choices=["pipeline", "search"], default="pipeline")
+    pipeline_args(b, events=False)
+    b.add_argument("--repeat", type=int, default=1, help="an image source is fed as this many video frames")
+    b.add_argument("--recheck-every", type=int, default=None, help="override tracking.recheck_every (1: embed every face every frame)")
+    b.add_argument("--identities", type=int, default=100_000, help="bench search: gallery size")
+    b.add_argument("--dim", type=int, default=512, help="bench search: embedding size")
+    b.add_argument("--queries", type=int, default=5, help="bench search: faces per query batch")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("events", help="event tools")
+    esub = e.add_subparsers(dest="events_command", required=True, parser_class=_Parser)
+    es = esub.add_parser("schema", help="print the JSON Schema events satisfy")
+    es.set_defaults(func=cmd_events_schema)
+
+    m = sub.add_parser("models", help="show the ModelSpec found for model files")
+    m.add_argument("models", nargs="+", metavar="MODEL")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return args.func(args) or 0
+    except FacefleetError as e:
+        sys.stderr.write(f"facefleet: error: {e}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("facefleet: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # the last line of defence: one line, not a traceback
+        if os.environ.get("FACEFLEET_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        sys.stderr.write(f"facefleet: internal error: {type(e).__name__}: {first} (FACEFLEET_DEBUG=1 for details)\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Faces to identities: detector/recognizer wrappers, tracker, gallery, pipeline."""

@@ -1,0 +1,232 @@
+"""The gallery: enrolled identities as aligned face CROPS; embeddings are a per-model cache.
+
+Layout on disk (directories 0700, files 0600, every write atomic so a crash never loses data)::
+
+    DIR/gallery.json                 identities -> crop files (the source of truth)
+    DIR/crops/<crop sha256>.png      aligned 112x112 crops (BGR PNG)
+    DIR/cache/<fingerprint>.npz      identity templates for one recognizer (derived, disposable)
+
+A model swap re-embeds the crops with the new model, so enrollment and matching always share
+one embedding space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facefleet.errors import FacefleetError
+
+log = logging.getLogger(__name__)
+
+INDEX = "gallery.json"
+FORMAT_VERSION = 1
+NAME_MAX = 128
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write-then-rename with 0600 permissions: readers see the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > NAME_MAX or any(c in name for c in "\n\r\t\0/\\"):
+        raise FacefleetError(f"invalid identity name {name!r}: 1-{NAME_MAX} characters, no slashes or control characters")
+    return name
+
+
+@dataclass
+class GalleryIndex:
+    """Identity templates for one recognizer: unit vectors ``[m,d]`` and their names."""
+
+    fingerprint: str
+    names: list[str]
+    templates: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def search(self, queries: np.ndarray, top_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k identities per query: (indices ``[q,k]``, cosine ``[q,k]``), best first.
+
+        One matrix product for all queries; ``argpartition`` keeps the selection linear.
+        """
+        q = np.atleast_2d(np.asarray(queries, np.float32))
+        m = len(self.names)
+        if m == 0:
+            return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
+        k = min(top_k, m)
+        sims = q @ self.templates.T
+        if k < m:
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(m), (len(q), m))
+        part_s = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-part_s, axis=1)
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_s, order, axis=1)
+
+
+class Gallery:
+    """Enrolled identities and their crops, persisted in a directory."""
+
+    def __init__(self, root: Path, data: dict):
+        self.root = root
+        self._data = data
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path, create: bool = False) -> Gallery:
+        root = Path(root)
+        index = root / INDEX
+        if not index.is_file():
+            if not create:
+                raise FacefleetError(f"unknown gallery {root}: no {INDEX} (create it with 'facefleet gallery add')")
+            if root.exists() and not root.is_dir():
+                raise FacefleetError(f"gallery path {root} is not a directory")
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (root / "crops").mkdir(exist_ok=True, mode=0o700)
+            g = cls(root, {"version": FORMAT_VERSION, "identities": {}})
+            g._save()
+            return g
+        try:
+            data = json.loads(index.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FacefleetError(f"corrupt gallery index {index}: {e}") from None
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or not isinstance(data.get("identities"), dict):
+            raise FacefleetError(f"corrupt gallery index {index}: unsupported format")
+        return cls(root, data)
+
+    def _save(self) -> None:
+        _atomic_write(self.root / INDEX, json.dumps(self._data, indent=1, sort_keys=True).encode())
+
+    # ---- reading -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self._data["identities"])
+
+    def __len__(self) -> int:
+        return len(self._data["identities"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data["identities"]
+
+    def info(self, name: str) -> dict:
+        return dict(self._data["identities"][name])
+
+    def crop_files(self, name: str) -> list[Path]:
+        return [self.root / "crops" / c for c in self._data["identities"][name]["crops"]]
+
+    def load_crops(self, name: str) -> np.ndarray:
+        crops = []
+        for p in self.crop_files(name):
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise FacefleetError(f"gallery {self.root}: crop {p.name} of {name!r} is missing or unreadable")
+            crops.append(img)
+        return np.stack(crops)
+
+    # ---- writing -------------------------------------------------------------------------
+    def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None) -> int:
+        """Store aligned crops for ``name`` (created if new). Returns the number of new crops."""
+        name = validate_name(name)
+        if not crops:
+            raise FacefleetError(f"no face crops to enroll for {name!r}")
+        (self.root / "crops").mkdir(exist_ok=True, mode=0o700)
+        entry = self._data["identities"].setdefault(
+            name, {"crops": [], "sources": [], "added": datetime.now(UTC).isoformat()})
+        added = 0
+        for i, crop in enumerate(crops):
+            ok, png = cv2.imencode(".png", crop)
+            if not ok:
+                raise FacefleetError(f"cannot encode a crop of {name!r}")
+            digest = hashlib.sha256(png.tobytes()).hexdigest()[:32]
+            fname = f"{digest}.png"
+            if fname in entry["crops"]:
+                continue
+            _atomic_write(self.root / "crops" / fname, png.tobytes())
+            entry["crops"].append(fname)
+            entry["sources"].append(sources[i] if sources else "")
+            added += 1
+        self._save()
+        return added
+
+    def remove(self, name: str) -> None:
+        if name not in self._data["identities"]:
+            raise FacefleetError(f"no identity {name!r} in gallery {self.root}")
+        entry = self._data["identities"].pop(name)
+        self._save()
+        still_used = {c for e in self._data["identities"].values() for c in e["crops"]}
+        for c in entry["crops"]:
+            if c not in still_used:
+                (self.root / "crops" / c).unlink(missing_ok=True)
+
+    # ---- embeddings ----------------------------------------------------------------------
+    def _content_key(self) -> str:
+        h = hashlib.sha256()
+        for name in self.names():
+            h.update(name.encode() + b"\0" + ",".join(self._data["identities"][name]["crops"]).encode() + b"\n")
+        return h.hexdigest()
+
+    def index_for(self, fingerprint: str, embed: Callable[[np.ndarray], np.ndarray],
+                  use_cache: bool = True) -> GalleryIndex:
+        """Identity templates for the model ``fingerprint``, from the cache when it is current.
+
+        ``embed`` maps a crop batch ``[n,112,112,3]`` to unit embeddings; it is called once for
+        all crops of the gallery when the cache is missing or stale.
+        """
+        names = self.names()
+        key = self._content_key()
+        cache = self.root / "cache" / f"{fingerprint}.npz"
+        if use_cache and cache.is_file():
+            try:
+                with np.load(cache, allow_pickle=False) as z:
+                    if str(z["key"]) == key:
+                        return GalleryIndex(fingerprint, names, z["templates"].astype(np.float32))
+            except (OSError, KeyError, ValueError):
+                log.warning("gallery cache %s unreadable; recomputing", cache.name)
+        if not names:
+            return GalleryIndex(fingerprint, [], np.zeros((0, 0), np.float32))
+        all_crops, owner = [], []
+        for i, name in enumerate(names):
+            c = self.load_crops(name)
+            all_crops.append(c)
+            owner += [i] * len(c)
+        emb = embed(np.concatenate(all_crops))
+        owner_a = np.asarray(owner)
+        templates = np.zeros((len(names), emb.shape[1]), np.float32)
+        np.add.at(templates, owner_a, emb)
+        templates /= np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
+        if use_cache:
+            cache.parent.mkdir(exist_ok=True, mode=0o700)
+            buf = _npz_bytes(key=np.array(key), templates=templates)
+            _atomic_write(cache, buf)
+        log.info("gallery %s: embedded %d crops of %d identities for model %s", self.root, len(owner), len(names), fingerprint)
+        return GalleryIndex(fingerprint, names, templates)
+
+
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    bio = io.BytesIO()
+    np.savez(bio, **arrays)
+    return bio.getvalue()

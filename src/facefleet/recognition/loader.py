@@ -1,0 +1,91 @@
+"""Build the pieces of a pipeline from configuration: models, gallery index, enrollment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facefleet.assets import default_model
+from facefleet.config import PipelineConfig
+from facefleet.errors import FacefleetError
+from facefleet.modelspec import resolve_model
+from facefleet.recognition.gallery import Gallery, GalleryIndex
+from facefleet.recognition.models import Detector, Recognizer
+from facefleet.runtime.base import Backend
+from facefleet.sources import read_image
+from facefleet.vision.align import align_faces
+
+
+@dataclass
+class ModelPair:
+    detector: Detector
+    recognizer: Recognizer
+
+    def close(self) -> None:
+        self.detector.model.close()
+        self.recognizer.model.close()
+
+
+def load_detector(backend: Backend, path: str | Path | None, cfg: PipelineConfig) -> Detector:
+    model = backend.load(resolve_model(path or default_model("detector"), kind="detector"))
+    d = cfg.detection
+    try:
+        return Detector(model, max_side=d.max_side, score_threshold=d.score_threshold, nms_iou=d.nms_iou,
+                        min_face_px=d.min_face_px)
+    except Exception:
+        model.close()
+        raise
+
+
+def load_recognizer(backend: Backend, path: str | Path | None) -> Recognizer:
+    model = backend.load(resolve_model(path or default_model("recognizer"), kind="recognizer"))
+    try:
+        return Recognizer(model)
+    except Exception:
+        model.close()
+        raise
+
+
+def load_models(backend: Backend, cfg: PipelineConfig, detector: str | Path | None = None,
+                recognizer: str | Path | None = None) -> ModelPair:
+    det = load_detector(backend, detector or cfg.models.detector, cfg)
+    try:
+        rec = load_recognizer(backend, recognizer or cfg.models.recognizer)
+    except Exception:
+        det.model.close()
+        raise
+    return ModelPair(det, rec)
+
+
+def gallery_index(gallery: Gallery, recognizer: Recognizer, batch: int = 64) -> GalleryIndex:
+    """The gallery's templates for this recognizer (cached per fingerprint)."""
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
+
+    return gallery.index_for(recognizer.fingerprint, embed)
+
+
+def largest_face_crop(detector: Detector, image: np.ndarray, size: int = 112) -> np.ndarray | None:
+    dets = detector.detect(image)
+    if len(dets) == 0:
+        return None
+    i = int(np.argmax(dets.heights * (dets.boxes[:, 2] - dets.boxes[:, 0])))
+    return align_faces(image, dets.kps[i:i + 1], size)[0].copy()
+
+
+def enroll_images(gallery: Gallery, detector: Detector, name: str, images: list[str | Path],
+                  size: int = 112) -> int:
+    """Enroll the largest face of each image under ``name``. All images are checked first, so
+    one bad image enrolls nothing."""
+    if not images:
+        raise FacefleetError("no images given to enroll")
+    crops = []
+    for path in images:
+        crop = largest_face_crop(detector, read_image(path), size)
+        if crop is None:
+            raise FacefleetError(f"no face found in {path}")
+        crops.append(crop)
+    return gallery.add(name, crops, [Path(p).name for p in images])

@@ -1,0 +1,111 @@
+"""Detector and Recognizer: a loaded model plus its spec-driven pre/post-processing.
+
+Both check on construction that the model's outputs fit its ModelSpec (a self-test on a blank
+input), so a wrong file is refused at load time, not at the first face.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from facefleet.errors import FacefleetError
+from facefleet.runtime.base import LoadedModel
+from facefleet.vision.letterbox import input_size, letterbox
+from facefleet.vision.scrfd import Detections, ScrfdLayout, decode, postprocess
+
+
+class Detector:
+    """SCRFD on any backend: letterbox -> infer -> decode -> NMS -> min size."""
+
+    def __init__(self, model: LoadedModel, max_side: int = 640, score_threshold: float | None = None,
+                 nms_iou: float | None = None, min_face_px: float = 0.0, heads_order: str = "NCHW"):
+        spec = model.spec
+        if spec.kind != "detector" or spec.detector is None:
+            raise FacefleetError(f"model {spec.name} is not a detector")
+        d = spec.detector
+        self.model = model
+        self.spec = spec
+        self.max_side = max_side
+        self.score_threshold = d.score_threshold if score_threshold is None else score_threshold
+        self.nms_iou = d.nms_iou if nms_iou is None else nms_iou
+        self.min_face_px = min_face_px
+        self.layout = ScrfdLayout(kind=d.layout, strides=d.strides, anchors=d.anchors_per_cell, scores=d.scores,
+                                  bbox=d.bbox, kps=d.kps or (), logits=d.scores_are_logits,
+                                  bbox_scales=d.bbox_scales, heads_order=heads_order)
+        fw, fh = model.input_size()
+        self._fixed = (fw or spec.input.width, fh or spec.input.height)
+        self._canvas: np.ndarray | None = None
+        self.self_test()
+
+    def input_size_for(self, frame_w: int, frame_h: int) -> tuple[int, int]:
+        return input_size(frame_w, frame_h, self._fixed[0], self._fixed[1], self.max_side, self.spec.input.size_multiple)
+
+    def self_test(self) -> None:
+        """Run a blank image; every output the spec names must exist with the size it implies."""
+        w, h = self.input_size_for(self.max_side, self.max_side)
+        out = self.model.run(np.zeros((1, h, w, 3), np.uint8))
+        a = self.layout.anchors
+        for i, s in enumerate(self.layout.strides):
+            cells = (-(-h // s)) * (-(-w // s))
+            for names, per in ((self.layout.scores, 1), (self.layout.bbox, 4), (self.layout.kps, 10)):
+                name = names[i]
+                if name not in out:
+                    raise FacefleetError(
+                        f"model {self.spec.name}: output {name!r} named by its spec is missing (has {sorted(out)})")
+                if out[name].size != cells * a * per:
+                    raise FacefleetError(
+                        f"model {self.spec.name}: output {name!r} has shape {list(out[name].shape)}, "
+                        f"spec implies {cells * a * per} values (stride {s}, {a} anchors x {per})")
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Faces in a BGR frame, in frame pixels, best first."""
+        h, w = image.shape[:2]
+        in_w, in_h = self.input_size_for(w, h)
+        canvas, lb = letterbox(image, in_w, in_h, out=self._canvas)
+        self._canvas = canvas
+        out = self.model.run(canvas[None])
+        cands = decode(out, self.layout, in_w, in_h, self.score_threshold)
+        cands.boxes = lb.to_frame(cands.boxes)
+        cands.kps = lb.to_frame(cands.kps.reshape(-1, 10)).reshape(-1, 5, 2)
+        return postprocess(cands, self.nms_iou, self.min_face_px)
+
+
+class Recognizer:
+    """ArcFace-style embedder: aligned crops -> L2-normalized embeddings and pre_norm."""
+
+    def __init__(self, model: LoadedModel):
+        spec = model.spec
+        if spec.kind != "recognizer" or spec.recognizer is None:
+            raise FacefleetError(f"model {spec.name} is not a recognizer")
+        self.model = model
+        self.spec = spec
+        self.rec = spec.recognizer
+        self.size = spec.input.width or 112
+        if spec.input.width != spec.input.height:
+            raise FacefleetError(f"model {spec.name}: recognizer input must be square")
+        self.self_test()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    def self_test(self) -> None:
+        """A blank crop must give one finite vector of the spec's embedding size."""
+        out = self.model.run(np.zeros((1, self.size, self.size, 3), np.uint8))
+        if self.rec.output not in out:
+            raise FacefleetError(f"model {self.spec.name}: output {self.rec.output!r} named by its spec is missing "
+                                 f"(has {sorted(out)})")
+        v = out[self.rec.output]
+        if v.shape[-1] != self.rec.embedding_size or v.size != self.rec.embedding_size:
+            raise FacefleetError(f"model {self.spec.name}: output {self.rec.output!r} has shape {list(v.shape)}, "
+                                 f"spec says embedding_size {self.rec.embedding_size}")
+        if not np.all(np.isfinite(v)):
+            raise FacefleetError(f"model {self.spec.name}: self-test produced non-finite values")
+
+    def embed(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``crops`` uint8 ``[n,s,s,3]`` BGR -> (embeddings ``[n,d]`` unit length, pre_norm ``[n]``), one call."""
+        if len(crops) == 0:
+            return np.zeros((0, self.rec.embedding_size), np.float32), np.zeros((0,), np.float32)
+        raw = self.model.run(crops)[self.rec.output].reshape(len(crops), -1).astype(np.float32, copy=False)
+        norms = np.linalg.norm(raw, axis=1)
+        return raw / np.maximum(norms, 1e-12)[:, None], norms

@@ -1,0 +1,187 @@
+"""The per-camera pipeline: frame -> faces -> tracks -> decisions -> events.
+
+Pure and synchronous: no I/O besides the models it is given. The component and the CLI feed it
+frames and forward the events it returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facefleet.config import PipelineConfig
+from facefleet.events import Candidate, MatchEvent, Models, Quality
+from facefleet.recognition.gallery import GalleryIndex
+from facefleet.recognition.models import Detector, Recognizer
+from facefleet.recognition.tracker import Match, Track, Tracker, TrackingConfig
+from facefleet.sources import Frame
+from facefleet.vision.align import align_faces
+from facefleet.vision.quality import quality_weights
+
+
+@dataclass
+class StageClock:
+    """Wall time per stage, summed over frames (for bench and status events)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    frames: int = 0
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    def mean_ms(self) -> dict[str, float]:
+        n = max(self.frames, 1)
+        return {k: v * 1000 / n for k, v in self.seconds.items()}
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    faces: int = 0          # detections handed to the tracker
+    embedded: int = 0       # faces run through the recognizer
+    recognizer_calls: int = 0
+
+
+class FacePipeline:
+    """One camera's pipeline. Models and gallery index can be swapped between frames."""
+
+    def __init__(self, detector: Detector, recognizer: Recognizer, index: GalleryIndex,
+                 cfg: PipelineConfig, camera_id: str | None = None):
+        self.cfg = cfg
+        self.camera_id = camera_id or cfg.camera_id
+        self.clock = StageClock()
+        self.counters = Counters()
+        self._ids = itertools.count(1)
+        self.tracker = Tracker(cfg.tracking, self._ids)
+        self._crop_buf: np.ndarray | None = None
+        self.set_models(detector, recognizer, index)
+
+    # ---- models ---------------------------------------------------------------------------
+    def set_models(self, detector: Detector, recognizer: Recognizer, index: GalleryIndex) -> None:
+        """Switch models atomically (between frames). The gallery index must match the recognizer."""
+        if index.fingerprint != recognizer.fingerprint:
+            raise ValueError("gallery index was embedded with another recognizer")
+        rc = self.cfg.recognition
+        self.detector, self.recognizer, self.index = detector, recognizer, index
+        self.threshold = rc.match_threshold if rc.match_threshold is not None else recognizer.rec.match_threshold
+        self.pre_norm_gate = rc.pre_norm_gate if rc.pre_norm_gate is not None else recognizer.rec.pre_norm_gate
+        self.models = Models(detector=detector.spec.fingerprint, recognizer=recognizer.fingerprint)
+
+    def match(self, emb: np.ndarray) -> Match:
+        idx, sims = self.index.search(emb[None], 1)
+        if idx.shape[1] == 0:
+            return Match(None, None, None)
+        name, sim = self.index.names[idx[0, 0]], float(sims[0, 0])
+        return Match(name if sim >= self.threshold else None, sim, name)
+
+    # ---- frames ---------------------------------------------------------------------------
+    def process(self, frame: Frame) -> list[MatchEvent]:
+        """Run one frame; return the decisions made on it."""
+        if frame.still:
+            return self._process_still(frame)
+        self.clock.frames += 1
+        self.counters.frames += 1
+        with self.clock.stage("detect"):
+            dets = self.detector.detect(frame.image)
+        self.counters.faces += len(dets)
+        with self.clock.stage("track"):
+            assigned, ended = self.tracker.associate(frame.index, dets.boxes, dets.scores)
+        self._embed(frame, dets, assigned, self.tracker)
+        events = []
+        with self.clock.stage("decide"):
+            for t in assigned:
+                if t is not None and not t.ended and self.tracker.try_decide(t, frame.index, self.match):
+                    events.append(self._event(t, frame))
+            for t in ended:
+                if self.tracker.try_decide(t, frame.index, self.match, final=True):
+                    events.append(self._event(t, frame))
+        return events
+
+    def flush(self, frame: Frame | None = None) -> list[MatchEvent]:
+        """End of stream: decide every open track."""
+        events = []
+        for t in self.tracker.close_all():
+            if self.tracker.try_decide(t, t.last_frame, self.match, final=True):
+                events.append(self._event(t, frame))
+        return events
+
+    def _process_still(self, frame: Frame) -> list[MatchEvent]:
+        """A photo is its own scene: every face becomes a track and is decided now."""
+        self.counters.frames += 1
+        self.clock.frames += 1
+        cfg: TrackingConfig = self.cfg.tracking.model_copy(update={"min_hits": 1, "min_evidence": 1, "decide_after": 1})
+        tracker = Tracker(cfg, self._ids)
+        with self.clock.stage("detect"):
+            dets = self.detector.detect(frame.image)
+        self.counters.faces += len(dets)
+        assigned, _ = tracker.associate(frame.index, dets.boxes, dets.scores)
+        self._embed(frame, dets, assigned, tracker)
+        events = []
+        with self.clock.stage("decide"):
+            for t in tracker.close_all():
+                if tracker.try_decide(t, frame.index, self.match, final=True):
+                    events.append(self._event(t, frame))
+        return events
+
+    def _embed(self, frame: Frame, dets, assigned: list[Track | None], tracker: Tracker) -> None:
+        rc = self.cfg.recognition
+        heights = dets.heights
+        pick = [i for i, t in enumerate(assigned)
+                if t is not None and heights[i] >= rc.min_face_px and tracker.wants_embedding(t, frame.index)]
+        if not pick:
+            return
+        with self.clock.stage("align"):
+            size = self.recognizer.size
+            buf = self._crop_buf
+            if buf is None or len(buf) < len(pick) or buf.shape[1] != size:
+                buf = self._crop_buf = np.empty((max(len(pick), 8), size, size, 3), np.uint8)
+            crops = align_faces(frame.image, dets.kps[pick], size, out=buf)
+        with self.clock.stage("embed"):
+            emb, pre_norm = self.recognizer.embed(crops)
+        self.counters.embedded += len(pick)
+        self.counters.recognizer_calls += 1
+        with self.clock.stage("track"):
+            weights = quality_weights(pre_norm, heights[pick], dets.scores[pick], self.recognizer.rec.pre_norm_ref)
+            for j, i in enumerate(pick):
+                t = assigned[i]
+                if pre_norm[j] < self.pre_norm_gate:
+                    t.last_embed_frame = frame.index  # seen, too poor to count
+                    continue
+                if t.decision is None:
+                    tracker.add_evidence(t, frame.index, emb[j], float(pre_norm[j]), float(weights[j]))
+                else:
+                    nt = tracker.recheck(t, frame.index, emb[j], float(pre_norm[j]), float(weights[j]), self.match)
+                    if nt is not None:
+                        assigned[i] = nt
+
+    def _event(self, t: Track, frame: Frame | None) -> MatchEvent:
+        m = t.match or Match(None, None, None)
+        identified = t.decision == "identified"
+        best = None
+        if not identified and m.candidate is not None and m.similarity is not None:
+            best = Candidate(identity=m.candidate, similarity=float(np.clip(m.similarity, -1, 1)))
+        return MatchEvent(
+            device=self.cfg.device, camera_id=self.camera_id, track_id=t.id,
+            decision="identified" if identified else "unknown",
+            identity=m.identity if identified else None,
+            similarity=None if m.similarity is None else float(np.clip(m.similarity, -1, 1)),
+            best_candidate=best, threshold=self.threshold,
+            frame_index=t.decided_frame if t.decided_frame is not None else t.last_frame,
+            first_frame=t.first_frame, last_frame=t.last_frame,
+            source_ms=frame.source_ms if frame is not None else None,
+            source_name=frame.name if frame is not None else None,
+            bbox=tuple(float(x) for x in t.box),
+            quality=Quality(pre_norm=t.best_pre_norm, face_px=t.max_face_px, det_score=float(min(t.best_det_score, 1.0)),
+                            evidence_frames=t.evidence_frames, evidence_weight=t.evidence_weight),
+            models=self.models,
+        )

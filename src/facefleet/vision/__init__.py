@@ -1,0 +1,1 @@
+"""Pure image and geometry code: letterbox, SCRFD decoding, NMS, alignment, quality."""
