@@ -99,6 +99,7 @@ class ModelSpec(_Strict):
     detector: DetectorSpec | None = None
     recognizer: RecognizerSpec | None = None
     provenance: dict = Field(default_factory=dict, description="how the file was built")
+    notes: str = Field("", description="why a fact is what it is, for the next reader")
 
     @model_validator(mode="after")
     def _kind_section(self) -> ModelSpec:

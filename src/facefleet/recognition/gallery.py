@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,6 +56,11 @@ def validate_name(name: str) -> str:
     return name
 
 
+# Galleries at least this large are searched coarse-int8-then-exact (when onnxruntime is there).
+COARSE_FROM = 20_000
+COARSE_K = 256
+
+
 @dataclass
 class GalleryIndex:
     """Identity templates for one recognizer: unit vectors ``[m,d]`` and their names."""
@@ -63,20 +68,52 @@ class GalleryIndex:
     fingerprint: str
     names: list[str]
     templates: np.ndarray
+    coarse_from: int = COARSE_FROM
+    _coarse: object = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def search(self, queries: np.ndarray, top_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k identities per query: (indices ``[q,k]``, cosine ``[q,k]``), best first.
+        """Top-k identities per query: (indices ``[q,k]``, cosine ``[q,k]``), best first. Exact.
 
-        One matrix product for all queries; ``argpartition`` keeps the selection linear.
+        Small galleries: one matrix product for all queries. Large ones: an int8 coarse top-K on
+        onnxruntime, exact float re-rank of those K, and a proof from the coarse error bound
+        that nothing outside them could rank higher (else the exact full scan).
         """
         q = np.atleast_2d(np.asarray(queries, np.float32))
         m = len(self.names)
         if m == 0:
             return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
         k = min(top_k, m)
+        if m >= self.coarse_from and k <= 16:
+            found = self._coarse_search(q, k)
+            if found is not None:
+                return found
+        return self._exact(q, k)
+
+    def _coarse_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._coarse is None:
+            try:
+                from facefleet.runtime.onnx import Int8Scorer
+                self._coarse = Int8Scorer(self.templates, COARSE_K)
+            except FacefleetError as e:
+                log.info("exact gallery search only: %s", e)
+                self._coarse = False
+        if self._coarse is False:
+            return None
+        cand, coarse, delta = self._coarse.topk(q)
+        exact = np.einsum("nd,nkd->nk", q, self.templates[cand])
+        order = np.argsort(-exact, axis=1)[:, :k]
+        idx = np.take_along_axis(cand, order, axis=1)
+        sims = np.take_along_axis(exact, order, axis=1)
+        # anything outside the K candidates scores at most coarse[K-1] + delta
+        if np.all(sims[:, -1] >= coarse[:, -1] + delta):
+            return idx, sims
+        return None
+
+    def _exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        m = len(self.names)
         sims = q @ self.templates.T
         if k < m:
             part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
