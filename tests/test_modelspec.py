@@ -45,7 +45,7 @@ def test_sidecar_wins_and_sha_is_checked(tmp_path, model_path):
 def test_unknown_model_and_wrong_kind(tmp_path, model_path):
     f = tmp_path / "mystery.onnx"
     f.write_bytes(b"not a model")
-    with pytest.raises(FacefleetError, match="no model spec for mystery.onnx"):
+    with pytest.raises(FacefleetError, match=r"no model spec for mystery\.onnx"):
         resolve_model(f)
     with pytest.raises(FacefleetError, match="is a recognizer, expected a detector"):
         resolve_model(model_path("w600k_mbf_fp32"), kind="detector")

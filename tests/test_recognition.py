@@ -32,7 +32,7 @@ def test_people_auc_and_rank1(people, load_recognizer, name):
 def test_batch_equals_single_runs(people, load_recognizer, name):
     _, crops = people
     rec = load_recognizer(name)
-    batch, norms = rec.embed(crops[:5])
+    batch, _ = rec.embed(crops[:5])
     calls = rec.model.calls
     singles = np.concatenate([rec.embed(crops[i:i + 1])[0] for i in range(5)])
     np.testing.assert_allclose(batch, singles, atol=2e-4)

@@ -164,7 +164,7 @@ class Int8Scorer:
     """
 
     def __init__(self, matrix: np.ndarray, k: int):
-        onnx, ort = _import()
+        _, ort = _import()
         from onnx import TensorProto, helper, numpy_helper
 
         m = np.asarray(matrix, np.float32)

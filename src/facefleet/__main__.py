@@ -1,0 +1,5 @@
+import sys
+
+from facefleet.cli import main
+
+sys.exit(main())
