@@ -69,7 +69,8 @@ DET_SIZE = (640, 640)
 # ---- results -------------------------------------------------------------------------------------
 @dataclass
 class IdentityHits:
-    """Where one identity was found: face-frames (InsightFace) or tracks (facefleet)."""
+    """Where one identity was found: matched face-frames (InsightFace), or identified tracks
+    (facefleet: from a track's first frame to the frame it was decided at)."""
 
     count: int = 0
     first_frame: int | None = None
@@ -156,7 +157,7 @@ def run_facefleet(pipeline: FacePipeline, frames: list[Frame]) -> RoundResult:
     found: dict[str, IdentityHits] = {}
     for ev in events:
         if ev.decision == "identified" and ev.identity is not None:
-            found.setdefault(ev.identity, IdentityHits()).add(ev.first_frame, ev.last_frame, ev.similarity or 0.0)
+            found.setdefault(ev.identity, IdentityHits()).add(ev.first_frame, ev.frame_index, ev.similarity or 0.0)
     c = pipeline.counters
     return RoundResult(seconds, len(frames), c.faces, c.embedded, c.recognizer_calls, found,
                        {"events": len(events), "unknown_events": sum(ev.decision == "unknown" for ev in events)})
@@ -189,16 +190,18 @@ def insightface_app(root: Path, pack: Path) -> tuple[Any, list[str]]:
         sys.exit(f"insightface is not installed in this interpreter ({e}); see the module docstring for the bench venv")
     warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")  # scikit-image deprecation noise
     logger = logging.getLogger("insightface")
-    records, old_level = _Records(), logger.level
+    records, old = _Records(), (logger.level, logger.propagate)
     logger.addHandler(records)
     logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # captured here, not printed
     try:
         app = FaceAnalysis(name=IF_PACK, root=str(root), allowed_modules=["detection", "recognition"],
                            providers=["CPUExecutionProvider"])
         app.prepare(ctx_id=-1, det_size=DET_SIZE)
     finally:
         logger.removeHandler(records)
-        logger.setLevel(old_level)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
     loaded = [m for m in records.messages if m.startswith("find model:")]
     for task, (name, _) in IF_FILES.items():
         staged = str(pack / name)
@@ -270,17 +273,19 @@ def side_summary(rounds: list[RoundResult], det_input: tuple[int, int]) -> dict[
     }
 
 
-def environment() -> dict[str, Any]:
+def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
     import insightface
     import onnxruntime
 
     return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "onnxruntime": onnxruntime.__version__, "insightface": insightface.__version__,
-            "ort_threads": "onnxruntime default on both sides"}
+            "ort_threads": "onnxruntime default on both sides",
+            "loadavg_1m_before": load_before[0], "loadavg_1m_after": os.getloadavg()[0]}
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     assets: Path = args.assets
+    load_before = os.getloadavg()  # other work on the machine makes every figure noisy: recorded, not hidden
     frames = decode_video(assets / VIDEO)
     h, w = frames[0].image.shape[:2]
     with tempfile.TemporaryDirectory(prefix="facefleet-ifbench-") as tmp:
@@ -319,7 +324,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "insightface": ins,
         "ratio_fps_facefleet_over_insightface": ff["fps_median"] / ins["fps_median"],
         "same_people_found": ff["identities"] == ins["identities"],
-        "environment": environment(),
+        "environment": environment(load_before),
     }
 
 
@@ -347,19 +352,20 @@ def format_report(r: dict[str, Any]) -> str:
         f"video {v['file']}: {v['frames']} frames {v['width']}x{v['height']}, decoded up front; "
         f"{r['rounds']} alternating rounds per side after {r['warmup_frames']} warm-up frames",
         f"onnxruntime {env['onnxruntime']} CPU ({env['ort_threads']}, {env['cpus']} CPUs), insightface {env['insightface']}, "
-        f"python {env['python']}",
+        f"python {env['python']}; load average (1 min) {env['loadavg_1m_before']:.2f} before, "
+        f"{env['loadavg_1m_after']:.2f} after",
         f"match threshold {r['threshold']} (cosine); insightface loaded: "
         + "; ".join(m.removeprefix("find model: ") for m in r["insightface_loaded"]),
         "",
-        f"{'':<20}{'facefleet':>24}{'insightface':>24}",
-        *(f"{a:<20}{b:>24}{c:>24}" for a, b, c in rows),
+        f"{'':<20}{'facefleet':>28}{'insightface':>28}",
+        *(f"{a:<20}{b:>28}{c:>28}" for a, b, c in rows),
         "",
         f"ratio facefleet/insightface: {r['ratio_fps_facefleet_over_insightface']:.2f}x fps",
         f"same people found: {'yes' if r['same_people_found'] else 'NO'}",
         f"facefleet embedded {ff['faces_embedded']} of {ff['faces_seen']} faces seen "
         f"({100 * ff['faces_embedded'] / max(ff['faces_seen'], 1):.0f}%); "
         f"{ff['events']} events, {ff['unknown_events']} unknown",
-        "facefleet identified tracks:", *_hits(ff, "track(s)"),
+        "facefleet identified tracks (first frame to decision frame):", *_hits(ff, "track(s)"),
         "insightface matched faces:", *_hits(ins, "face-frame(s)"),
         "enrollment embeddings, cosine facefleet vs insightface: "
         + ", ".join(f"{n} {c:.3f}" for n, c in r["enrollment_cosine_facefleet_vs_insightface"].items()),
@@ -375,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(args)
     print(format_report(result))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
         print(f"\nwrote {args.json}")
     return 0

@@ -12,7 +12,7 @@ def _box(x: float) -> np.ndarray:
 def _matcher(identity_vec: np.ndarray, threshold: float = 0.5):
     def match(v: np.ndarray) -> Match:
         s = float(v @ identity_vec)
-        return Match("alice" if s >= threshold else None, s, "alice")
+        return Match("alice" if s >= threshold else None, s, "alice", threshold)
 
     return match
 
@@ -23,7 +23,7 @@ def _unit(v):
 
 
 def test_identity_needs_min_evidence_then_is_decided_once():
-    cfg = TrackingConfig(min_hits=1, min_evidence=3, decide_after=10, recheck_every=0)
+    cfg = TrackingConfig(min_hits=1, min_evidence=3, decide_after=10, recheck_every=0, unknown_margin=2)
     tr = Tracker(cfg)
     alice = _unit([1, 0, 0])
     match = _matcher(alice)
@@ -48,7 +48,7 @@ def test_evidence_is_quality_weighted():
 
 
 def test_unknown_after_decide_after_and_one_event():
-    tr = Tracker(TrackingConfig(min_hits=1, min_evidence=2, decide_after=5, recheck_every=0))
+    tr = Tracker(TrackingConfig(min_hits=1, min_evidence=2, decide_after=5, recheck_every=0, unknown_margin=2))
     match = _matcher(_unit([1, 0, 0]))
     decided = 0
     for f in range(20):
@@ -100,3 +100,15 @@ def test_recheck_splits_a_track_that_changed_identity():
     assert tr.try_decide(new, 3, match) and new.match.identity == "alice"
     # the same identity on a re-check keeps the track
     assert tr.recheck(new, 6, _unit([1, 0]), 20.0, 1.0, match) is None
+
+
+def test_a_clear_non_match_is_decided_after_min_evidence():
+    tr = Tracker(TrackingConfig(min_hits=1, min_evidence=3, decide_after=12, unknown_margin=0.15))
+    match = _matcher(_unit([1, 0, 0]), threshold=0.5)
+    for f in range(3):
+        (t,), _ = tr.associate(f, _box(10)[None], np.array([0.8]))
+        tr.add_evidence(t, f, _unit([0.45, 1, 0]), 20.0, 1.0)  # similarity 0.41: not 0.15 below 0.5
+        assert not tr.try_decide(t, f, match)
+    (t,), _ = tr.associate(3, _box(10)[None], np.array([0.8]))
+    tr.add_evidence(t, 3, _unit([0, 1, 0]), 20.0, 1.0)
+    assert t.match is None and tr.try_decide(t, 3, match) and t.decision == "unknown"

@@ -80,9 +80,9 @@ class FacePipeline:
     def match(self, emb: np.ndarray) -> Match:
         idx, sims = self.index.search(emb[None], 1)
         if idx.shape[1] == 0:
-            return Match(None, None, None)
+            return Match(None, None, None, self.threshold)
         name, sim = self.index.names[idx[0, 0]], float(sims[0, 0])
-        return Match(name if sim >= self.threshold else None, sim, name)
+        return Match(name if sim >= self.threshold else None, sim, name, self.threshold)
 
     # ---- frames ---------------------------------------------------------------------------
     def process(self, frame: Frame) -> list[MatchEvent]:

@@ -26,6 +26,10 @@ class TrackingConfig(BaseModel):
     min_hits: int = Field(2, ge=1, description="detections before a track counts (drops one-frame false positives)")
     min_evidence: int = Field(3, ge=1, description="embedded frames before an identity may be declared")
     decide_after: int = Field(12, ge=1, description="embedded frames after which a non-match is declared unknown")
+    unknown_margin: float = Field(
+        0.15, ge=0, le=2,
+        description="after min_evidence frames, a track whose best similarity is this far below the threshold is "
+                    "declared unknown at once (a later re-check can still name it)")
     embed_every: int = Field(1, ge=1, description="while undecided, embed every k-th frame of the track")
     recheck_every: int = Field(10, ge=0, description="re-embed decided tracks every N frames to catch an identity change (0: never)")
 
@@ -37,6 +41,7 @@ class Match:
     identity: str | None      # accepted identity (>= threshold) or None
     similarity: float | None  # to the accepted identity, else to the best candidate
     candidate: str | None     # best candidate (accepted or not)
+    threshold: float = 1.0    # the threshold the identity was accepted with
 
 
 MatchFn = Callable[[np.ndarray], Match]
@@ -145,7 +150,9 @@ class Tracker:
         if m.identity is not None and (final or t.evidence_frames >= self.cfg.min_evidence):
             t.decision, t.match, t.decided_frame = "identified", m, frame
             return True
-        if final or t.evidence_frames >= self.cfg.decide_after:
+        clearly_not = (t.evidence_frames >= self.cfg.min_evidence and m.similarity is not None
+                       and m.similarity < m.threshold - self.cfg.unknown_margin)
+        if final or clearly_not or t.evidence_frames >= self.cfg.decide_after:
             t.decision, t.match, t.decided_frame = "unknown", m, frame
             return True
         return False
