@@ -181,6 +181,21 @@ def cmd_events_schema(args) -> int:
     return 0
 
 
+def cmd_config_schema(args) -> int:
+    from facefleet.config import PipelineConfig
+
+    print(json.dumps(PipelineConfig.model_json_schema(), indent=1))
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    from facefleet.config import load_config
+
+    cfg = load_config(args.file)
+    print(cfg.model_dump_json(indent=1))
+    return 0
+
+
 def cmd_models(args) -> int:
     from facefleet.modelspec import resolve_model
 
@@ -249,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="events_command", required=True, parser_class=_Parser)
     es = esub.add_parser("schema", help="print the JSON Schema events satisfy")
     es.set_defaults(func=cmd_events_schema)
+
+    c = sub.add_parser("config", help="pipeline configuration tools")
+    csub = c.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    csub.add_parser("schema", help="print the configuration's JSON Schema (every field documented)").set_defaults(
+        func=cmd_config_schema)
+    cc = csub.add_parser("check", help="validate a configuration YAML and print it with defaults filled in")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check)
 
     m = sub.add_parser("models", help="show the ModelSpec found for model files")
     m.add_argument("models", nargs="+", metavar="MODEL")
