@@ -38,6 +38,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from facefleet import __version__ as facefleet_version
 from facefleet.config import PipelineConfig
 from facefleet.recognition.gallery import Gallery, GalleryIndex
 from facefleet.recognition.loader import ModelPair, enroll_images, gallery_index, load_models
@@ -113,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"shared assets folder (default: ${ASSETS_ENV}, else ../shared/assets from the repo)")
     p.add_argument("--rounds", type=int, default=3, help="timed passes per side, alternating; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="frames run by each side before timing (not counted)")
+    p.add_argument("--spin", choices=["off", "on"], default="off",
+                   help="onnxruntime intra-op thread spinning, set alike on both sides (facefleet's default: off)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
@@ -133,10 +137,10 @@ def decode_video(path: Path) -> list[Frame]:
 
 
 # ---- facefleet side ------------------------------------------------------------------------------
-def facefleet_setup(assets: Path, gallery_dir: Path) -> tuple[PipelineConfig, ModelPair, GalleryIndex]:
+def facefleet_setup(assets: Path, gallery_dir: Path, spin: bool) -> tuple[PipelineConfig, ModelPair, GalleryIndex]:
     """Models, a fresh gallery with the enrollment photos (names = file stems), its index."""
     cfg = PipelineConfig()
-    models = load_models(create_backend(cfg.models.backend), cfg, assets / DETECTOR, assets / RECOGNIZER)
+    models = load_models(create_backend(cfg.models.backend, spin=spin), cfg, assets / DETECTOR, assets / RECOGNIZER)
     gallery = Gallery.open(gallery_dir, create=True)
     for rel in ENROLL:
         image = assets / rel
@@ -182,7 +186,17 @@ def stage_insightface_models(assets: Path, root: Path) -> Path:
     return pack
 
 
-def insightface_app(root: Path, pack: Path) -> tuple[Any, list[str]]:
+def session_options(spin: bool) -> Any:
+    """The onnxruntime session options facefleet's backend uses, for InsightFace's sessions."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def insightface_app(root: Path, pack: Path, spin: bool) -> tuple[Any, list[str]]:
     """``FaceAnalysis`` on the staged pack; fails unless its log shows it loaded both staged files."""
     try:
         from insightface.app import FaceAnalysis
@@ -196,7 +210,7 @@ def insightface_app(root: Path, pack: Path) -> tuple[Any, list[str]]:
     logger.propagate = False  # captured here, not printed
     try:
         app = FaceAnalysis(name=IF_PACK, root=str(root), allowed_modules=["detection", "recognition"],
-                           providers=["CPUExecutionProvider"])
+                           providers=["CPUExecutionProvider"], sess_options=session_options(spin))
         app.prepare(ctx_id=-1, det_size=DET_SIZE)
     finally:
         logger.removeHandler(records)
@@ -273,14 +287,25 @@ def side_summary(rounds: list[RoundResult], det_input: tuple[int, int]) -> dict[
     }
 
 
-def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
+def git_revision() -> str | None:
+    """The checkout measured (facefleet is installed editable from it), ``+dirty`` if modified."""
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty=+dirty"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev or None
+
+
+def environment(load_before: tuple[float, ...], spin: bool) -> dict[str, Any]:
     import insightface
     import onnxruntime
 
     return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "facefleet": facefleet_version, "git": git_revision(),
             "onnxruntime": onnxruntime.__version__, "insightface": insightface.__version__,
-            "ort_threads": "onnxruntime default on both sides",
-            "loadavg_1m_before": load_before[0], "loadavg_1m_after": os.getloadavg()[0]}
+            "ort_threads": f"default thread count, spinning {'on' if spin else 'off'} on both sides",
+            "loadavg_1m_before": load_before[0]}
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -289,9 +314,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     frames = decode_video(assets / VIDEO)
     h, w = frames[0].image.shape[:2]
     with tempfile.TemporaryDirectory(prefix="facefleet-ifbench-") as tmp:
-        cfg, models, index = facefleet_setup(assets, Path(tmp) / "gallery")
+        spin = args.spin == "on"
+        cfg, models, index = facefleet_setup(assets, Path(tmp) / "gallery", spin)
         pack = stage_insightface_models(assets, Path(tmp) / "insightface")
-        app, loaded = insightface_app(Path(tmp) / "insightface", pack)
+        app, loaded = insightface_app(Path(tmp) / "insightface", pack, spin)
         threshold = new_pipeline(cfg, models, index).threshold
         names, templates = insightface_enroll(app, [assets / r for r in ENROLL])
 
@@ -315,6 +341,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "video": {"file": VIDEO, "frames": len(frames), "width": w, "height": h},
         "rounds": args.rounds,
+        "onnxruntime_spinning": args.spin,
         "warmup_frames": len(warm),
         "threshold": threshold,
         "enrolled": names,
@@ -324,7 +351,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "insightface": ins,
         "ratio_fps_facefleet_over_insightface": ff["fps_median"] / ins["fps_median"],
         "same_people_found": ff["identities"] == ins["identities"],
-        "environment": environment(load_before),
+        "environment": environment(load_before, args.spin == "on"),
     }
 
 
@@ -351,9 +378,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"facefleet vs InsightFace FaceAnalysis ({IF_PACK}: det_500m + w600k_mbf fp32)",
         f"video {v['file']}: {v['frames']} frames {v['width']}x{v['height']}, decoded up front; "
         f"{r['rounds']} alternating rounds per side after {r['warmup_frames']} warm-up frames",
+        f"facefleet {env['facefleet']} (git {env['git']}), "
         f"onnxruntime {env['onnxruntime']} CPU ({env['ort_threads']}, {env['cpus']} CPUs), insightface {env['insightface']}, "
-        f"python {env['python']}; load average (1 min) {env['loadavg_1m_before']:.2f} before, "
-        f"{env['loadavg_1m_after']:.2f} after",
+        f"python {env['python']}; load average (1 min) before the run {env['loadavg_1m_before']:.2f}",
         f"match threshold {r['threshold']} (cosine); insightface loaded: "
         + "; ".join(m.removeprefix("find model: ") for m in r["insightface_loaded"]),
         "",

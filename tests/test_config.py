@@ -5,8 +5,7 @@ from facefleet.errors import FacefleetError
 
 
 def _properties(schema: dict):
-    for name, prop in schema.get("properties", {}).items():
-        yield name, prop
+    yield from schema.get("properties", {}).items()
     for sub in schema.get("$defs", {}).values():
         yield from _properties(sub)
 

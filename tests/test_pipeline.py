@@ -99,3 +99,17 @@ def test_people_as_stills_identify_against_a_gallery(tmp_path, people, load_dete
         wrong += best.identity not in (truth, None)
         assert all(e.identity in (truth, None) for e in events)  # never a false accept
     assert wrong == 0
+
+
+def test_shot_cuts_end_tracks(clip_frames, clip_run):
+    """The clip cuts at frames 20, 82 and 211; a track never spans one."""
+    from facefleet.vision.scene import CutDetector
+
+    det = CutDetector(20.0)
+    cuts = [i for i, f in enumerate(clip_frames) if det.is_cut(f)]
+    assert cuts == [20, 82, 211]
+    p, events = clip_run
+    assert p.cut_count == 3
+    for e in events:
+        assert not any(e.first_frame < c <= e.last_frame for c in cuts)
+    assert not CutDetector(0).is_cut(clip_frames[0]) and not CutDetector(0).is_cut(clip_frames[20])

@@ -22,6 +22,7 @@ from facefleet.recognition.tracker import Match, Track, Tracker, TrackingConfig
 from facefleet.sources import Frame
 from facefleet.vision.align import align_faces
 from facefleet.vision.quality import quality_weights
+from facefleet.vision.scene import CutDetector
 
 
 @dataclass
@@ -63,6 +64,8 @@ class FacePipeline:
         self.counters = Counters()
         self._ids = itertools.count(1)
         self.tracker = Tracker(cfg.tracking, self._ids)
+        self.cuts = CutDetector(cfg.tracking.cut_threshold)
+        self.cut_count = 0
         self._crop_buf: np.ndarray | None = None
         self.set_models(detector, recognizer, index)
 
@@ -94,10 +97,13 @@ class FacePipeline:
         with self.clock.stage("detect"):
             dets = self.detector.detect(frame.image)
         self.counters.faces += len(dets)
+        events = []
         with self.clock.stage("track"):
+            if self.cuts.is_cut(frame.image):
+                self.cut_count += 1
+                events += self.flush(frame)
             assigned, ended = self.tracker.associate(frame.index, dets.boxes, dets.scores)
         self._embed(frame, dets, assigned, self.tracker)
-        events = []
         with self.clock.stage("decide"):
             for t in assigned:
                 if t is not None and not t.ended and self.tracker.try_decide(t, frame.index, self.match):

@@ -31,6 +31,9 @@ class TrackingConfig(BaseModel):
         description="after min_evidence frames, a track whose best similarity is this far below the threshold is "
                     "declared unknown at once (a later re-check can still name it)")
     embed_every: int = Field(1, ge=1, description="while undecided, embed every k-th frame of the track")
+    cut_threshold: float = Field(
+        20.0, ge=0, le=255,
+        description="a shot cut (mean abs difference of 32x18 gray thumbnails, 0-255) ends every track; 0: off")
     recheck_every: int = Field(10, ge=0, description="re-embed decided tracks every N frames to catch an identity change (0: never)")
 
 

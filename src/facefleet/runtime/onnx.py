@@ -126,8 +126,9 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, threads: int = 0, providers: list[str] | None = None):
+    def __init__(self, threads: int = 0, providers: list[str] | None = None, spin: bool = False):
         self._threads = threads
+        self._spin = spin
         self._providers = providers or ["CPUExecutionProvider"]
 
     def load(self, model: ResolvedModel) -> OnnxModel:
@@ -142,6 +143,9 @@ class OnnxBackend:
         proto = _prepend_preprocessing(proto, spec)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if not self._spin:
+            # several sessions take turns on few cores: spinning threads of one steal the other's
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self._threads:
             opts.intra_op_num_threads = self._threads
         try:
