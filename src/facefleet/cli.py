@@ -39,12 +39,12 @@ def cmd_gallery_add(args) -> int:
     from facefleet.recognition.loader import enroll_images, load_detector
     from facefleet.runtime import create_backend
 
+    for img in args.images:  # fail before loading or creating anything
+        if not Path(img).is_file():
+            raise FacefleetError(f"image not found: {img}")
     cfg = load_config(args.config)
     backend = create_backend(cfg.models.backend)
     detector = load_detector(backend, args.detector or cfg.models.detector, cfg)
-    for img in args.images:  # fail before creating anything
-        if not Path(img).is_file():
-            raise FacefleetError(f"image not found: {img}")
     gallery = Gallery.open(args.gallery, create=True)
     added = enroll_images(gallery, detector, args.name, args.images)
     print(f"{args.name}: {added} face(s) added, {len(gallery.info(args.name)['crops'])} in total")

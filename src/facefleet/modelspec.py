@@ -63,6 +63,8 @@ class DetectorSpec(_Strict):
     bbox_scales: tuple[float, ...] | None = Field(
         None, description="raw heads: per-stride multipliers of the bbox distances"
     )
+    heads_order: Literal["NCHW", "NHWC"] = Field(
+        "NCHW", description="raw heads: channel-first (ONNX export) or channel-last (as HailoRT returns them)")
     score_threshold: float = Field(0.5, ge=0, le=1)
     nms_iou: float = Field(0.4, gt=0, le=1)
 

@@ -18,7 +18,7 @@ class Detector:
     """SCRFD on any backend: letterbox -> infer -> decode -> NMS -> min size."""
 
     def __init__(self, model: LoadedModel, max_side: int = 640, score_threshold: float | None = None,
-                 nms_iou: float | None = None, min_face_px: float = 0.0, heads_order: str = "NCHW"):
+                 nms_iou: float | None = None, min_face_px: float = 0.0):
         spec = model.spec
         if spec.kind != "detector" or spec.detector is None:
             raise FacefleetError(f"model {spec.name} is not a detector")
@@ -31,7 +31,7 @@ class Detector:
         self.min_face_px = min_face_px
         self.layout = ScrfdLayout(kind=d.layout, strides=d.strides, anchors=d.anchors_per_cell, scores=d.scores,
                                   bbox=d.bbox, kps=d.kps or (), logits=d.scores_are_logits,
-                                  bbox_scales=d.bbox_scales, heads_order=heads_order)
+                                  bbox_scales=d.bbox_scales, heads_order=d.heads_order)
         fw, fh = model.input_size()
         self._fixed = (fw or spec.input.width, fh or spec.input.height)
         self._canvas: np.ndarray | None = None
