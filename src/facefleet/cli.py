@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -19,6 +20,12 @@ log = logging.getLogger("facefleet")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+# Subcommands that live with their feature: each module defines ``register(subparsers)``.
+# Those modules must import heavy or optional packages (boto3, awscrt, matplotlib) lazily,
+# inside their handlers, so a device install without the cloud extras still starts.
+EXTENSIONS: tuple[str, ...] = (
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -276,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="show the ModelSpec found for model files")
     m.add_argument("models", nargs="+", metavar="MODEL")
     m.set_defaults(func=cmd_models)
+
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub)
     return p
 
 
