@@ -1,0 +1,1 @@
+"""Operator / cloud tools: never imported by device code (runtime, recognition, vision, component, transport)."""
