@@ -118,3 +118,51 @@ def test_large_gallery_coarse_path_equals_exact():
     np.testing.assert_array_equal(found[0], exact[0])
     np.testing.assert_allclose(found[1], exact[1], atol=1e-5)
     np.testing.assert_array_equal(index.search(q, 5)[0], exact[0])
+
+
+def test_pack_and_merge_archive(tmp_path, assets, cli_env):
+    """Fleet enrollment: photos -> archive of crops (no embeddings) -> merged into a device gallery,
+    which embeds them with its own model."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+
+    photos = tmp_path / "photos"
+    for ident in ("id01", "id02"):
+        shutil.copytree(assets / "faces" / "people" / ident, photos / ident)
+    archive = tmp_path / "fleet.tar.gz"
+    r = subprocess.run([sys.executable, "-m", "facefleet", "gallery", "pack", "--photos", photos, "--out", archive],
+                       capture_output=True, text=True, env=cli_env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "facefleet-gallery.json" in names and sum(n.startswith("crops/") for n in names) == 4
+    assert not any("cache" in n or n.endswith(".npz") for n in names)
+    device = Gallery.open(tmp_path / "device", create=True)
+    assert device.merge_archive(archive) == 4
+    assert device.names() == ["id01", "id02"] and device.load_crops("id01").shape == (2, 112, 112, 3)
+    assert device.merge_archive(archive) == 0  # merging twice adds nothing
+
+
+def test_bad_archives_change_nothing(tmp_path, people):
+    import io
+    import json
+    import tarfile
+
+    g = Gallery.open(tmp_path / "g", create=True)
+    g.add("keep", [people[1][0]])
+    with pytest.raises(FacefleetError, match="not found"):
+        g.merge_archive(tmp_path / "none.tar.gz")
+    (tmp_path / "junk.tar.gz").write_bytes(b"junk")
+    with pytest.raises(FacefleetError, match="corrupt gallery archive"):
+        g.merge_archive(tmp_path / "junk.tar.gz")
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        data = json.dumps({"format": 1, "identities": {"x": {"crops": ["missing.png"]}}}).encode()
+        info = tarfile.TarInfo("facefleet-gallery.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(FacefleetError, match=r"crop missing\.png of .x. is missing"):
+        g.merge_archive(bad)
+    assert Gallery.open(tmp_path / "g").names() == ["keep"]

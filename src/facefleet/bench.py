@@ -78,6 +78,18 @@ def bench_search(identities: int, dim: int = 512, queries: int = 5, repeats: int
 
 
 def format_result(r: dict) -> str:
+    if "runs" in r:
+        lines = []
+        for name, run in r["runs"].items():
+            plan = run["plan"]
+            where = "tiles" if plan["grid"] or plan["zones"] else "letterboxed full frame only"
+            lines.append(f"{name} ({where}), {run['identities']} identities, threshold {run['threshold']:.2f}:")
+            for h in run["heights"]:
+                pn = f"{h['pre_norm_mean']:.1f}" if h["pre_norm_mean"] is not None else "-"
+                lines.append(f"  {h['face_px']:>5.0f}px  det {h['detection_rate']:.2f}  rank1 {h['rank1']:.2f}  "
+                             f"match {h['match_rate']:.2f}  FA {h['false_accepts']}  pre_norm {pn}  {h['fps']:.1f} fps")
+        lines.append(f"wrote {r['json']} and {r['png']}")
+        return "\n".join(lines)
     if "identities" in r:
         return (f"gallery search {r['identities']} x {r['dim']}, {r['queries_per_call']} queries/call: "
                 f"median {r['ms_median']:.2f} ms, p90 {r['ms_p90']:.2f} ms")

@@ -25,6 +25,10 @@ EXIT_USAGE = 2
 # Those modules must import heavy or optional packages (boto3, awscrt, matplotlib) lazily,
 # inside their handlers, so a device install without the cloud extras still starts.
 EXTENSIONS: tuple[str, ...] = (
+    "facefleet.runtime.hailo",
+    "facefleet.cloud.build.cli",
+    "facefleet.component.cli",
+    "facefleet.cloud.fleet_cli",
 )
 
 
@@ -71,6 +75,43 @@ def cmd_gallery_list(args) -> int:
     return 0
 
 
+def cmd_gallery_pack(args) -> int:
+    """Folder of people's photos (one sub-folder per identity) -> a gallery archive of aligned
+    crops and names, no embeddings: every device embeds it with its own model."""
+    from facefleet.config import load_config
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.loader import enroll_images, load_detector
+    from facefleet.runtime import create_backend
+    from facefleet.sources import IMAGE_EXTS
+
+    photos = Path(args.photos)
+    if not photos.is_dir():
+        raise FacefleetError(f"photos folder not found: {photos}")
+    people = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+              for d in sorted(photos.iterdir()) if d.is_dir()}
+    people = {k: v for k, v in people.items() if v}
+    if not people:
+        raise FacefleetError(f"{photos}: no sub-folders with photos (one folder per identity)")
+    cfg = load_config(args.config)
+    detector = load_detector(create_backend(cfg.models.backend), args.detector or cfg.models.detector, cfg)
+    with tempfile.TemporaryDirectory(prefix="facefleet-pack-") as tmp:
+        g = Gallery.open(Path(tmp) / "g", create=True)
+        for name, files in people.items():
+            enroll_images(g, detector, name, files)
+        n = g.export_archive(Path(args.out))
+    print(f"{args.out}: {n} identities, {sum(len(v) for v in people.values())} photos")
+    return 0
+
+
+def cmd_gallery_merge(args) -> int:
+    from facefleet.recognition.gallery import Gallery
+
+    gallery = Gallery.open(args.gallery, create=True)
+    added = gallery.merge_archive(Path(args.archive))
+    print(f"{added} crop(s) added; {len(gallery)} identities")
+    return 0
+
+
 def cmd_gallery_remove(args) -> int:
     from facefleet.recognition.gallery import Gallery
 
@@ -114,16 +155,21 @@ def run_source(pipeline, source, publish: Callable) -> int:
 
 
 def cmd_run(args) -> int:
-    from facefleet.config import load_config
+    from facefleet.config import ComponentConfig, load_config
     from facefleet.sources import open_source
     from facefleet.transport.jsonl import JsonlSink
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ComponentConfig)  # the Greengrass component's schema (a superset)
     source = open_source(args.source)
     pipeline = _build_pipeline(args, cfg)
     sink = JsonlSink(args.events)
     try:
-        n = run_source(pipeline, source, sink.publish)
+        if args.config:  # local mode: the file is watched; changes go through the validated hot swap
+            from facefleet.component.local import run_watched
+
+            n = run_watched(args, cfg, pipeline, source, sink.publish)
+        else:
+            n = run_source(pipeline, source, sink.publish)
     finally:
         sink.close()
     c = pipeline.counters
@@ -164,6 +210,8 @@ def cmd_bench(args) -> int:
 
     if args.what == "search":
         result = bench.bench_search(args.identities, args.dim, args.queries)
+    elif args.what == "distance":
+        result = _bench_distance(args)
     else:
         if not args.source or not args.gallery:
             raise FacefleetError("bench needs --source and --gallery")
@@ -181,11 +229,42 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_events_schema(args) -> int:
-    from facefleet.events import json_schema
+def _bench_distance(args) -> dict:
+    """Every face photo at every height, with the configured plan and, if it tiles, the
+    single-letterbox baseline in the same run."""
+    from facefleet import distance
+    from facefleet.config import load_config
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.loader import load_models
+    from facefleet.recognition.pipeline import FacePipeline
+    from facefleet.runtime import create_backend
+    from facefleet.vision.tiling import DetectionPlan
 
-    print(json.dumps(json_schema(), indent=1))
-    return 0
+    if not args.faces:
+        raise FacefleetError("bench distance needs --faces DIR (one folder of photos per identity)")
+    try:
+        fw, fh = (int(v) for v in args.frame.lower().split("x"))
+        heights = tuple(float(h) for h in args.heights.split(","))
+    except ValueError:
+        raise FacefleetError(f"bad --frame {args.frame!r} or --heights {args.heights!r} (e.g. 1280x720, 112,80,56)") from None
+    if fw < 64 or fh < 64 or not heights or min(heights) <= 0:
+        raise FacefleetError("--frame must be at least 64x64 and --heights positive")
+    cfg = load_config(args.config)
+    models = load_models(create_backend(cfg.models.backend), cfg, args.detector, args.recognizer)
+    photos = distance.load_faces(Path(args.faces), models.detector)
+    plans = {"plan": cfg.detection.plan}
+    if cfg.detection.plan.tiled:
+        plans = {"baseline": DetectionPlan(), **plans}
+    results = {}
+    for name, plan in plans.items():
+        run_cfg = cfg.model_copy(update={"detection": cfg.detection.model_copy(update={"plan": plan})})
+        with tempfile.TemporaryDirectory(prefix="facefleet-distance-") as tmp:
+            gallery = Gallery.open(Path(tmp) / "gallery", create=True)
+            index = gallery.index_for(models.recognizer.fingerprint, lambda c: models.recognizer.embed(c)[0])
+            pipeline = FacePipeline(models.detector, models.recognizer, index, run_cfg)
+            results[name] = distance.run(pipeline, photos, gallery, heights, fw, fh)
+    js, png = distance.write_outputs(results, Path(args.out))
+    return {"runs": results, "json": str(js), "png": str(png)}
 
 
 def cmd_config_schema(args) -> int:
@@ -233,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--gallery", required=True)
     gl.add_argument("--json", action="store_true")
     gl.set_defaults(func=cmd_gallery_list)
+    gp = gsub.add_parser("pack", help="photos folder (one sub-folder per identity) -> gallery archive (crops, no embeddings)")
+    gp.add_argument("--photos", required=True)
+    gp.add_argument("--out", required=True, help="archive file (.tar.gz)")
+    gp.add_argument("--detector", help="detector model (default: det_500m)")
+    gp.add_argument("--config", help="pipeline configuration YAML")
+    gp.set_defaults(func=cmd_gallery_pack)
+    gm = gsub.add_parser("merge", help="add a gallery archive's identities to a gallery")
+    gm.add_argument("--gallery", required=True)
+    gm.add_argument("archive")
+    gm.set_defaults(func=cmd_gallery_merge)
     gr = gsub.add_parser("remove", help="remove an identity")
     gr.add_argument("--gallery", required=True)
     gr.add_argument("--name", required=True)
@@ -257,20 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="measure fps, stage times, host overhead; 'bench search' for the gallery")
-    b.add_argument("what", nargs="?", choices=["pipeline", "search"], default="pipeline")
+    b.add_argument("what", nargs="?", choices=["pipeline", "search", "distance"], default="pipeline")
     pipeline_args(b, events=False)
     b.add_argument("--repeat", type=int, default=1, help="an image source is fed as this many video frames")
     b.add_argument("--recheck-every", type=int, default=None, help="override tracking.recheck_every (1: embed every face every frame)")
     b.add_argument("--identities", type=int, default=100_000, help="bench search: gallery size")
     b.add_argument("--dim", type=int, default=512, help="bench search: embedding size")
     b.add_argument("--queries", type=int, default=5, help="bench search: faces per query batch")
+    b.add_argument("--faces", help="bench distance: folder with one sub-folder of photos per identity")
+    b.add_argument("--frame", default="1280x720", help="bench distance: camera resolution WxH")
+    b.add_argument("--heights", default="112,80,56,40,28,20", help="bench distance: face heights in px")
+    b.add_argument("--out", default="distance-report", help="bench distance: folder for the JSON and PNG")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_bench)
-
-    e = sub.add_parser("events", help="event tools")
-    esub = e.add_subparsers(dest="events_command", required=True, parser_class=_Parser)
-    es = esub.add_parser("schema", help="print the JSON Schema events satisfy")
-    es.set_defaults(func=cmd_events_schema)
 
     c = sub.add_parser("config", help="pipeline configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True, parser_class=_Parser)

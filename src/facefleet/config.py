@@ -7,10 +7,11 @@ import socket
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facefleet.errors import FacefleetError
 from facefleet.recognition.tracker import TrackingConfig
+from facefleet.vision.tiling import DetectionPlan
 
 
 class _Section(BaseModel):
@@ -22,6 +23,8 @@ class DetectionConfig(_Section):
     nms_iou: float | None = Field(None, gt=0, le=1, description="NMS IoU (null: the model's spec)")
     min_face_px: float = Field(12, ge=0, description="smaller faces (box height, frame px) are ignored")
     max_side: int = Field(640, ge=32, le=4096, description="long side of a dynamic-size detector input")
+    plan: DetectionPlan = Field(default_factory=DetectionPlan,
+                                description="where to look: letterboxed full frame, native-resolution tiles or zones")
 
 
 class RecognitionConfig(_Section):
@@ -31,10 +34,17 @@ class RecognitionConfig(_Section):
     top_k: int = Field(3, ge=1, le=100, description="candidates looked up per query")
 
 
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
 class ModelsConfig(_Section):
-    detector: str | None = Field(None, description="detector model file (null: the default)")
-    recognizer: str | None = Field(None, description="recognizer model file (null: the default)")
+    detector: str | None = Field(None, description="detector model file (null: the default); in Greengrass a relative path is "
+                                 "resolved against the component's artifacts folder. The ONNX detector for the CPU fallback")
+    recognizer: str | None = Field(None, description="recognizer model file (null: the default); relative paths as for detector. "
+                                   "The ONNX recognizer for the CPU fallback")
     backend: str = Field("onnx", pattern="^(onnx|hailo)$", description="onnx (CPU) or hailo")
+    detector_sha256: str | None = Field(None, pattern=_SHA256, description="if set, the detector file must have this sha256")
+    recognizer_sha256: str | None = Field(None, pattern=_SHA256, description="if set, the recognizer file must have this sha256")
 
 
 class PipelineConfig(_Section):
@@ -46,6 +56,100 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
+CAMERA_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "file://")
+
+
+class CameraConfig(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="camera id carried by events and status")
+    source: str = Field(min_length=1, description="rtsp://, rtsps://, http(s):// or file:// URL, a video file path, "
+                        "or a V4L2 camera index such as \"0\"")
+    fps_cap: float | None = Field(15.0, gt=0, le=120, description="frames per second processed at most (the rest are skipped); "
+                                  "null: no cap (a video file is then processed frame by frame)")
+
+    @field_validator("source")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip()
+        if "://" in v:
+            if not v.lower().startswith(CAMERA_SCHEMES) or len(v.split("://", 1)[1]) == 0:
+                raise ValueError(f"camera URL {v!r}: scheme must be one of {', '.join(s[:-3] for s in CAMERA_SCHEMES)} with a host or path")
+        elif any(c in v for c in "\n\r\0"):
+            raise ValueError("camera source contains control characters")
+        return v
+
+
+class TopicsConfig(_Section):
+    events: str = Field("facefleet/{thing}/events/{type}", min_length=1,
+                        description="IoT Core topic of events ({thing}: thing name, {type}: event type); QoS 1")
+    commands: str = Field("facefleet/{thing}/commands", min_length=1, description="IoT Core topic the component takes commands on")
+    local: str | None = Field("facefleet/{thing}/events/{type}", description="local pub/sub topic that gets a copy of every event "
+                              "(null: no copy)")
+
+    @field_validator("events", "commands", "local")
+    @classmethod
+    def _no_wildcards(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "#+"):
+            raise ValueError(f"topic {v!r} must not contain MQTT wildcards")
+        return v
+
+
+class SpoolConfig(_Section):
+    path: str = Field("spool.sqlite", min_length=1, description="SQLite file of events not yet confirmed by the sink "
+                      "(relative: under the component's work folder)")
+    max_events: int = Field(100_000, ge=10, le=10_000_000, description="bound of the spool; when full the OLDEST event is "
+                            "dropped and counted")
+    batch: int = Field(200, ge=1, le=10_000, description="events handed to the sink per round (in flight together)")
+
+
+class CommandsConfig(_Section):
+    max_image_bytes: int = Field(2_000_000, ge=1_000, le=20_000_000, description="largest enrollment image accepted "
+                                 "(decoded bytes)")
+
+
+class MqttConfig(_Section):
+    host: str = Field(min_length=1, description="broker host: 127.0.0.1 for a local broker, the IoT Core ATS endpoint for mTLS")
+    port: int = Field(1883, ge=1, le=65535, description="1883 plain TCP (loopback only), 8883 with mTLS")
+    client_id: str | None = Field(None, max_length=128, description="MQTT client id (IoT Core: the thing name); null: random")
+    cert: str | None = Field(None, description="client certificate (PEM) for mTLS")
+    key: str | None = Field(None, description="private key (PEM) for mTLS")
+    ca: str | None = Field(None, description="CA bundle (PEM), e.g. AmazonRootCA1.pem; null: the system trust store")
+
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> MqttConfig:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("mTLS needs both cert and key")
+        if not self.cert and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"plain MQTT only to a broker on loopback; {self.host} needs cert and key (mTLS)")
+        return self
+
+
+class ComponentConfig(PipelineConfig):
+    """The Greengrass component's configuration. The recipe's DefaultConfiguration, IPC
+    get_configuration and the local YAML (``facefleet run --config``) all validate with it."""
+
+    HAILO_REC_HEF: str = Field("", description="recognizer HEF for backend hailo (relative: in the artifacts folder). Empty: "
+                               "the HAILO_REC_HEF environment variable of Greengrass v1 functions, if set")
+    HAILO_DET_HEF: str = Field("", description="detector HEF for backend hailo (relative: in the artifacts folder)")
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=16, description="cameras the component serves")
+    gallery: str = Field("gallery", min_length=1, description="gallery folder (relative: under the component's work folder)")
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    status_interval_s: float = Field(60.0, ge=1, le=86_400, description="seconds between status events")
+    mqtt: MqttConfig | None = Field(None, description="outside Greengrass (local mode): also send every event through the "
+                                    "spool to this MQTT 5 broker; inside Greengrass events go over IPC and this is ignored")
+    accessControl: dict | None = Field(None, description="Greengrass IPC authorization policies: read by the nucleus, "
+                                       "ignored by the component (it sits in the recipe's DefaultConfiguration)")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, v: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [c.id for c in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"camera ids must be unique: {ids}")
+        return v
+
+
 def format_validation_error(e: ValidationError, origin: str) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
@@ -53,20 +157,27 @@ def format_validation_error(e: ValidationError, origin: str) -> str:
     return f"invalid configuration {origin}: {loc}: {err['msg']}{more}"
 
 
-def parse_config(data: object, origin: str = "") -> PipelineConfig:
+def parse_config(data: object, origin: str = "", schema: type[PipelineConfig] = PipelineConfig) -> PipelineConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise FacefleetError(f"invalid configuration {origin}: expected a mapping at the top level")
     try:
-        return PipelineConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as e:
         raise FacefleetError(format_validation_error(e, origin)) from None
 
 
-def load_config(path: str | Path | None) -> PipelineConfig:
+def parse_component_config(data: object, origin: str = "") -> ComponentConfig:
+    """Greengrass hands numbers back as floats; pydantic's lax mode accepts 15.0 for an int."""
+    cfg = parse_config(data, origin, ComponentConfig)
+    assert isinstance(cfg, ComponentConfig)
+    return cfg
+
+
+def load_config(path: str | Path | None, schema: type[PipelineConfig] = PipelineConfig) -> PipelineConfig:
     if path is None:
-        return PipelineConfig()
+        return schema()
     p = Path(path)
     if not p.is_file():
         raise FacefleetError(f"configuration file not found: {p}")
@@ -74,4 +185,4 @@ def load_config(path: str | Path | None) -> PipelineConfig:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise FacefleetError(f"invalid YAML in {p}: {str(e).splitlines()[0]}") from None
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), schema)

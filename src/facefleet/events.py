@@ -97,7 +97,18 @@ class StatusEvent(_Event):
     dropped: int = Field(0, ge=0)
 
 
-Event = Annotated[MatchEvent | ModelChangedEvent | ErrorEvent | StatusEvent, Field(discriminator="type")]
+class CommandResultEvent(_Event):
+    """The answer to a command received on the component's command topic."""
+
+    type: Literal["command_result"] = "command_result"
+    command: str = Field(description="enroll, remove or list")
+    request_id: str | None = Field(None, description="the request_id the command carried")
+    ok: bool
+    message: str
+    identities: list[str] | None = Field(None, description="for list: the enrolled identities")
+
+
+Event = Annotated[MatchEvent | ModelChangedEvent | ErrorEvent | StatusEvent | CommandResultEvent, Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

@@ -13,9 +13,11 @@ one embedding space.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from facefleet.errors import FacefleetError
 log = logging.getLogger(__name__)
 
 INDEX = "gallery.json"
+ARCHIVE_MANIFEST = "facefleet-gallery.json"
+ARCHIVE_FORMAT = 1
 FORMAT_VERSION = 1
 NAME_MAX = 128
 
@@ -217,6 +221,53 @@ class Gallery:
             if c not in still_used:
                 (self.root / "crops" / c).unlink(missing_ok=True)
 
+    # ---- archives (fleet enrollment) ------------------------------------------------------
+    def export_archive(self, path: Path) -> int:
+        """Write the gallery's identities and crops (no embeddings: each device embeds them
+        with its own model) as a tar.gz. Returns the number of identities."""
+        manifest = {"format": ARCHIVE_FORMAT, "identities": {
+            n: {"crops": list(e["crops"]), "sources": list(e.get("sources", []))} for n, e in self._data["identities"].items()}}
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            _add_bytes(tar, ARCHIVE_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            for crops in sorted({c for e in self._data["identities"].values() for c in e["crops"]}):
+                _add_bytes(tar, f"crops/{crops}", (self.root / "crops" / crops).read_bytes())
+        _atomic_write(Path(path), buf.getvalue())
+        return len(self)
+
+    def merge_archive(self, path: Path, max_bytes: int = 512 << 20) -> int:
+        """Add the identities of an archive (made by ``export_archive`` / ``gallery pack``).
+        Everything is read and checked first; the gallery changes only if all of it is valid.
+        Returns the number of crops added."""
+        path = Path(path)
+        if not path.is_file():
+            raise FacefleetError(f"gallery archive not found: {path}")
+        if path.stat().st_size > max_bytes:
+            raise FacefleetError(f"gallery archive {path.name} is larger than {max_bytes >> 20} MB")
+        try:
+            with tarfile.open(path, mode="r:gz") as tar:
+                files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise FacefleetError(f"corrupt gallery archive {path.name}: {e}") from None
+        try:
+            manifest = json.loads(files[ARCHIVE_MANIFEST])
+            assert manifest["format"] == ARCHIVE_FORMAT
+            identities = manifest["identities"]
+        except (KeyError, json.JSONDecodeError, AssertionError, TypeError):
+            raise FacefleetError(f"gallery archive {path.name}: missing or unsupported {ARCHIVE_MANIFEST}") from None
+        staged: dict[str, list[np.ndarray]] = {}
+        for name, entry in identities.items():
+            validate_name(name)
+            crops = []
+            for c in entry["crops"]:
+                data = files.get(f"crops/{c}")
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+                if img is None or img.shape[:2] != (112, 112):
+                    raise FacefleetError(f"gallery archive {path.name}: crop {c} of {name!r} is missing or not a 112x112 image")
+                crops.append(img)
+            staged[name] = crops
+        return sum(self.add(name, crops, identities[name].get("sources")) for name, crops in staged.items())
+
     # ---- embeddings ----------------------------------------------------------------------
     def _content_key(self) -> str:
         h = hashlib.sha256()
@@ -259,6 +310,13 @@ class Gallery:
             _atomic_write(cache, buf)
         log.info("gallery %s: embedded %d crops of %d identities for model %s", self.root, len(owner), len(names), fingerprint)
         return GalleryIndex(fingerprint, names, templates)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o600
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _npz_bytes(**arrays) -> bytes:

@@ -10,8 +10,17 @@ import numpy as np
 
 from facefleet.errors import FacefleetError
 from facefleet.runtime.base import LoadedModel
-from facefleet.vision.letterbox import input_size, letterbox
+from facefleet.vision.letterbox import Letterbox, input_size, letterbox
 from facefleet.vision.scrfd import Detections, ScrfdLayout, decode, postprocess
+from facefleet.vision.tiling import DetectionPlan, merge
+
+
+def _item(output: np.ndarray, i: int, n: int) -> np.ndarray:
+    """Image ``i`` of a batched output: batch-first, or (models without a batch axis) rows
+    concatenated image after image."""
+    if output.shape[0] == n:
+        return output[i]
+    return output.reshape(n, -1, output.shape[-1])[i]
 
 
 class Detector:
@@ -35,6 +44,7 @@ class Detector:
         fw, fh = model.input_size()
         self._fixed = (fw or spec.input.width, fh or spec.input.height)
         self._canvas: np.ndarray | None = None
+        self._tiles: np.ndarray | None = None
         self.self_test()
 
     def input_size_for(self, frame_w: int, frame_h: int) -> tuple[int, int]:
@@ -57,8 +67,24 @@ class Detector:
                         f"model {self.spec.name}: output {name!r} has shape {list(out[name].shape)}, "
                         f"spec implies {cells * a * per} values (stride {s}, {a} anchors x {per})")
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Faces in a BGR frame, in frame pixels, best first."""
+    def detect(self, image: np.ndarray, plan: DetectionPlan | None = None, run_tiles: bool = True) -> Detections:
+        """Faces in a BGR frame, in frame pixels, best first.
+
+        Without a plan: the letterboxed frame. With one: the plan's windows too (all tiles in
+        one backend call), merged across windows.
+        """
+        tiles = plan is not None and plan.tiled and run_tiles
+        parts = []
+        if plan is None or plan.full_frame:
+            parts.append(self._detect_full(image))
+        if tiles:
+            parts.append(self._detect_tiles(image, plan))
+        det = merge(parts, self.nms_iou) if tiles else parts[0]
+        if self.min_face_px > 0:
+            det = det.take(np.flatnonzero(det.heights >= self.min_face_px))
+        return det
+
+    def _detect_full(self, image: np.ndarray) -> Detections:
         h, w = image.shape[:2]
         in_w, in_h = self.input_size_for(w, h)
         canvas, lb = letterbox(image, in_w, in_h, out=self._canvas)
@@ -67,7 +93,41 @@ class Detector:
         cands = decode(out, self.layout, in_w, in_h, self.score_threshold)
         cands.boxes = lb.to_frame(cands.boxes)
         cands.kps = lb.to_frame(cands.kps.reshape(-1, 10)).reshape(-1, 5, 2)
-        return postprocess(cands, self.nms_iou, self.min_face_px)
+        return postprocess(cands, self.nms_iou)
+
+    def tile_canvas(self, plan: DetectionPlan) -> tuple[int, int]:
+        """Detector input for a tile: the model's fixed size, or the plan's tile side (dynamic)."""
+        if self._fixed[0] is not None and self._fixed[1] is not None:
+            return self._fixed[0], self._fixed[1]
+        m = self.spec.input.size_multiple
+        side = -(-(plan.tile_size or self.max_side) // m) * m
+        return side, side
+
+    def _detect_tiles(self, image: np.ndarray, plan: DetectionPlan) -> Detections:
+        h, w = image.shape[:2]
+        cw, ch = self.tile_canvas(plan)
+        windows = plan.windows(w, h, min(cw, ch))
+        n = len(windows)
+        if self._tiles is None or self._tiles.shape[0] < n or self._tiles.shape[1:3] != (ch, cw):
+            self._tiles = np.zeros((max(n, 1), ch, cw, 3), np.uint8)
+        batch = self._tiles[:n]
+        batch.fill(0)
+        for i, win in enumerate(windows):  # native resolution: a crop, no scaling
+            batch[i, :win.height, :win.width] = image[win.y0:win.y1, win.x0:win.x1]
+        outputs = self.model.run(batch)
+        parts = []
+        for i, win in enumerate(windows):
+            out = outputs if n == 1 else {k: _item(v, i, n) for k, v in outputs.items()}
+            c = decode(out, self.layout, cw, ch, self.score_threshold)
+            c.boxes = Letterbox(1.0, win.x0, win.y0).to_frame(c.boxes)
+            c.kps = Letterbox(1.0, win.x0, win.y0).to_frame(c.kps.reshape(-1, 10)).reshape(-1, 5, 2)
+            keep = ~win.cut_by_edge(c.boxes)
+            if plan.full_frame:
+                # a face taller than the overlap may be cut in every tile; the full frame sees it whole
+                keep &= (c.boxes[:, 3] - c.boxes[:, 1]) <= plan.overlap
+            c = c.take(np.flatnonzero(keep))
+            parts.append(postprocess(c, self.nms_iou))
+        return Detections.concat(parts)
 
 
 class Recognizer:

@@ -16,6 +16,7 @@ import numpy as np
 
 from facefleet.config import PipelineConfig
 from facefleet.events import Candidate, MatchEvent, Models, Quality
+from facefleet.recognition.assign import assign
 from facefleet.recognition.gallery import GalleryIndex
 from facefleet.recognition.models import Detector, Recognizer
 from facefleet.recognition.tracker import Match, Track, Tracker, TrackingConfig
@@ -95,7 +96,8 @@ class FacePipeline:
         self.clock.frames += 1
         self.counters.frames += 1
         with self.clock.stage("detect"):
-            dets = self.detector.detect(frame.image)
+            plan = self.cfg.detection.plan
+            dets = self.detector.detect(frame.image, plan, run_tiles=frame.index % plan.tile_every == 0)
         self.counters.faces += len(dets)
         events = []
         with self.clock.stage("track"):
@@ -105,21 +107,53 @@ class FacePipeline:
             assigned, ended = self.tracker.associate(frame.index, dets.boxes, dets.scores)
         self._embed(frame, dets, assigned, self.tracker)
         with self.clock.stage("decide"):
-            for t in assigned:
-                if t is not None and not t.ended and self.tracker.try_decide(t, frame.index, self.match):
-                    events.append(self._event(t, frame))
-            for t in ended:
-                if self.tracker.try_decide(t, frame.index, self.match, final=True):
-                    events.append(self._event(t, frame))
+            live = [t for t in assigned if t is not None and not t.ended]
+            events += self._decide(self.tracker, live, frame, frame.index, final=False)
+            events += self._decide(self.tracker, ended, frame, frame.index, final=True)
         return events
 
     def flush(self, frame: Frame | None = None) -> list[MatchEvent]:
-        """End of stream: decide every open track."""
+        """End of stream (or a shot cut): decide every open track."""
+        tracks = self.tracker.close_all()
+        last = max((t.last_frame for t in tracks), default=0)
+        return self._decide(self.tracker, tracks, frame, frame.index if frame is not None else last, final=True)
+
+    def _decide(self, tracker: Tracker, tracks: list[Track], frame: Frame | None, frame_index: int,
+                final: bool) -> list[MatchEvent]:
+        """Decide the tracks that are ready, giving each identity to at most one face in view:
+        an optimal assignment on similarity among the deciding tracks, minus the identities
+        that other visible tracks already hold."""
+        ready = [t for t in tracks if t.decision is None and t.hits >= tracker.cfg.min_hits]
+        if not ready:
+            return []
+        matches = self._assigned_matches(tracker, ready, frame_index)
         events = []
-        for t in self.tracker.close_all():
-            if self.tracker.try_decide(t, t.last_frame, self.match, final=True):
+        for t in ready:
+            m = matches.get(t.id, Match(None, None, None, self.threshold))
+            if tracker.try_decide(t, frame_index, lambda _v, m=m: m, final=final):
                 events.append(self._event(t, frame))
         return events
+
+    def _assigned_matches(self, tracker: Tracker, ready: list[Track], frame_index: int) -> dict[int, Match]:
+        with_ev = [(t, v) for t in ready if (v := t.aggregated()) is not None]
+        if not with_ev or len(self.index) == 0:
+            return {}
+        idx, sims = self.index.search(np.stack([v for _, v in with_ev]), self.cfg.recognition.top_k)
+        ready_ids = {t.id for t in ready}
+        names = self.index.names
+        held = {t.match.identity for t in tracker.tracks
+                if t.id not in ready_ids and t.decision == "identified" and t.last_frame == frame_index}
+        claimed = {i for i, n in enumerate(names) if n in held}
+        chosen = assign(idx, sims, self.threshold, claimed)
+        out = {}
+        for row, (t, _) in enumerate(with_ev):
+            c = int(chosen[row])
+            if c >= 0:
+                sim = float(sims[row][idx[row] == c][0])
+                out[t.id] = Match(names[c], sim, names[c], self.threshold)
+            else:
+                out[t.id] = Match(None, float(sims[row, 0]), names[idx[row, 0]], self.threshold)
+        return out
 
     def _process_still(self, frame: Frame) -> list[MatchEvent]:
         """A photo is its own scene: every face becomes a track and is decided now."""
@@ -128,16 +162,12 @@ class FacePipeline:
         cfg: TrackingConfig = self.cfg.tracking.model_copy(update={"min_hits": 1, "min_evidence": 1, "decide_after": 1})
         tracker = Tracker(cfg, self._ids)
         with self.clock.stage("detect"):
-            dets = self.detector.detect(frame.image)
+            dets = self.detector.detect(frame.image, self.cfg.detection.plan)
         self.counters.faces += len(dets)
         assigned, _ = tracker.associate(frame.index, dets.boxes, dets.scores)
         self._embed(frame, dets, assigned, tracker)
-        events = []
         with self.clock.stage("decide"):
-            for t in tracker.close_all():
-                if tracker.try_decide(t, frame.index, self.match, final=True):
-                    events.append(self._event(t, frame))
-        return events
+            return self._decide(tracker, tracker.close_all(), frame, frame.index, final=True)
 
     def _embed(self, frame: Frame, dets, assigned: list[Track | None], tracker: Tracker) -> None:
         rc = self.cfg.recognition

@@ -1,0 +1,1 @@
+"""The Greengrass v2 component: IPC configuration, validated hot model swap, commands, status."""

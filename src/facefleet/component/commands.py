@@ -1,0 +1,72 @@
+"""Commands on the component's command topic: enroll, remove, list. Parsed with pydantic so a
+malformed payload becomes one error event, never an exception in the IPC callback."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from facefleet.config import format_validation_error
+from facefleet.errors import FacefleetError
+
+
+class _Cmd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(None, max_length=128, description="echoed in the reply, for the caller")
+
+
+class Enroll(_Cmd):
+    command: Literal["enroll"]
+    name: str = Field(min_length=1, max_length=128)
+    image_b64: str = Field(min_length=4, description="JPEG or PNG, base64")
+
+
+class Remove(_Cmd):
+    command: Literal["remove"]
+    name: str = Field(min_length=1, max_length=128)
+
+
+class ListIds(_Cmd):
+    command: Literal["list"]
+
+
+Command = Annotated[Enroll | Remove | ListIds, Field(discriminator="command")]
+_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def parse_command(payload: bytes | str | dict, max_payload: int) -> Command:
+    if isinstance(payload, bytes | str):
+        if len(payload) > max_payload:
+            raise FacefleetError(f"command payload of {len(payload)} bytes is over the limit of {max_payload}")
+        try:
+            payload = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FacefleetError(f"command payload is not JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise FacefleetError("command payload must be a JSON object")
+    try:
+        return _ADAPTER.validate_python(payload)
+    except ValidationError as e:
+        raise FacefleetError(format_validation_error(e, "command").replace("invalid configuration command", "invalid command")) from None
+
+
+def decode_image(cmd: Enroll, max_bytes: int):
+    import cv2
+    import numpy as np
+
+    if len(cmd.image_b64) > max_bytes * 4 // 3 + 4:
+        raise FacefleetError(f"enroll image is over the limit of {max_bytes} bytes")
+    try:
+        raw = base64.b64decode(cmd.image_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise FacefleetError("enroll image_b64 is not valid base64") from None
+    if len(raw) > max_bytes:
+        raise FacefleetError(f"enroll image is {len(raw)} bytes, over the limit of {max_bytes}")
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FacefleetError("enroll image could not be decoded (JPEG or PNG expected)")
+    return img

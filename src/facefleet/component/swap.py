@@ -1,0 +1,118 @@
+"""The validated hot model swap, shared by the Greengrass component and local mode
+(``facefleet run --config FILE.yaml``, which watches the file)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from facefleet.component.models import ModelPaths, load_pair
+from facefleet.config import ComponentConfig
+from facefleet.events import ModelChangedEvent
+
+log = logging.getLogger(__name__)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:500]
+
+
+def restart_evidence(pipeline) -> None:
+    """Open tracks keep their boxes, but evidence embedded by the old recognizer lives in another
+    space (even another size: 512 vs 128) and must not be mixed with the new model's."""
+    for t in pipeline.tracker.open_tracks():
+        t.evidence, t.evidence_weight, t.evidence_frames = None, 0.0, 0
+        t.last_embed_frame = -(10**9)
+
+
+@dataclass
+class SwapResult:
+    models: object  # ModelPair
+    index: object   # GalleryIndex
+    ms: float
+    events: list[ModelChangedEvent]
+
+
+def hot_swap(cfg: ComponentConfig, paths: ModelPaths, gallery, pipelines: list, lock: threading.Lock, old_models) -> SwapResult:
+    """Load beside the serving models (the constructors self-test), re-embed the gallery from
+    its crops, then switch every pipeline between two frames. Raises, with nothing changed, on
+    any failure before the switch; the caller closes nothing but ``old_models`` afterwards."""
+    from facefleet.recognition.loader import gallery_index
+
+    t0 = time.perf_counter()
+    pair = load_pair(cfg, paths)
+    try:
+        index = gallery_index(gallery, pair.recognizer)
+    except Exception:
+        pair.close()
+        raise
+    new_space = old_models.recognizer.fingerprint != pair.recognizer.fingerprint
+    with lock:
+        for p in pipelines:
+            p.cfg = cfg
+            p.set_models(pair.detector, pair.recognizer, index)
+            if new_space:
+                restart_evidence(p)
+    ms = (time.perf_counter() - t0) * 1000
+    events = []
+    for role, o, n in (("detector", old_models.detector.spec.fingerprint, pair.detector.spec.fingerprint),
+                       ("recognizer", old_models.recognizer.fingerprint, pair.recognizer.fingerprint)):
+        if o != n:
+            events.append(ModelChangedEvent(device=cfg.device, role=role, old=o, new=n, gallery_identities=len(index), swap_ms=ms))
+    log.info("models swapped in %.0f ms: detector %s, recognizer %s", ms, pair.detector.spec.fingerprint, pair.recognizer.fingerprint)
+    return SwapResult(pair, index, ms, events)
+
+
+class FileWatcher:
+    """Local mode: poll a YAML file; on a change, parse it with the component schema and hand it
+    to ``apply``. A file that does not parse is reported and the pipeline keeps its configuration."""
+
+    def __init__(self, path: str | Path, apply: Callable[[ComponentConfig], None], on_error: Callable[[str], None],
+                 interval_s: float = 1.0):
+        self.path, self.apply, self.on_error, self.interval_s = Path(path), apply, on_error, interval_s
+        self._stamp = self._stat()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
+
+    def _stat(self):
+        try:
+            st = self.path.stat()
+            return (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+
+    def start(self) -> FileWatcher:
+        self._thread.start()
+        return self
+
+    def check(self) -> bool:
+        """One poll; True if the file changed (and was handed on or reported)."""
+        from facefleet.config import load_config
+
+        stamp = self._stat()
+        if stamp == self._stamp or stamp is None:
+            return False
+        self._stamp = stamp
+        try:
+            cfg = load_config(self.path, ComponentConfig)
+        except Exception as e:
+            self.on_error(one_line(e))
+            return True
+        try:
+            self.apply(cfg)
+        except Exception as e:
+            self.on_error(one_line(e))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

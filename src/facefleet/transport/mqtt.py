@@ -1,0 +1,75 @@
+"""MQTT 5 sink (awscrt) for use outside Greengrass: plain TCP to a broker on loopback, or mTLS
+to AWS IoT Core. Publishes QoS 1 and reports an item confirmed only on a successful PUBACK."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from concurrent.futures import Future, wait
+
+from facefleet.errors import FacefleetError
+from facefleet.transport.spool import SpoolItem
+
+log = logging.getLogger(__name__)
+
+
+class MqttSink:
+    def __init__(self, host: str, port: int, client_id: str | None = None, cert: str | None = None,
+                 key: str | None = None, ca: str | None = None, ack_timeout_s: int = 5):
+        try:
+            from awscrt import io, mqtt5
+        except ImportError:
+            raise FacefleetError("the MQTT sink needs awscrt: pip install 'facefleet[device]'") from None
+        self._mqtt5 = mqtt5
+        tls_ctx = None
+        if cert or key:
+            if not (cert and key):
+                raise FacefleetError("mTLS needs both a certificate and a private key")
+            opts = io.TlsContextOptions.create_client_with_mtls_from_path(cert, key)
+            if ca:
+                opts.override_default_trust_store_from_path(None, ca)
+            tls_ctx = io.ClientTlsContext(opts)
+        self.connected = threading.Event()
+        self.ack_timeout_s = ack_timeout_s
+        options = mqtt5.ClientOptions(
+            host_name=host, port=port, tls_ctx=tls_ctx,
+            connect_options=mqtt5.ConnectPacket(client_id=client_id or f"facefleet-{uuid.uuid4().hex[:12]}", keep_alive_interval_sec=30),
+            offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
+            min_reconnect_delay_ms=200, max_reconnect_delay_ms=2000, ack_timeout_sec=ack_timeout_s,
+            on_lifecycle_event_connection_success_fn=lambda _d: self._set(True),
+            on_lifecycle_event_disconnection_fn=lambda _d: self._set(False),
+            on_lifecycle_event_connection_failure_fn=lambda _d: self._set(False),
+        )
+        self._client = mqtt5.Client(options)
+        self._client.start()
+
+    def _set(self, up: bool) -> None:
+        if up != self.connected.is_set():
+            log.info("MQTT %s", "connected" if up else "disconnected")
+        (self.connected.set if up else self.connected.clear)()
+
+    def send(self, items: list[SpoolItem]) -> list[bool]:
+        mqtt5 = self._mqtt5
+        if not self.connected.wait(0.5):
+            return [False] * len(items)
+        futures: list[Future | None] = []
+        for it in items:
+            try:
+                futures.append(self._client.publish(mqtt5.PublishPacket(topic=it.topic, payload=it.payload,
+                                                                        qos=mqtt5.QoS.AT_LEAST_ONCE)))
+            except Exception as e:  # client shutting down
+                log.debug("publish failed: %s", e)
+                futures.append(None)
+        wait([f for f in futures if f is not None], timeout=self.ack_timeout_s + 1)  # one deadline for the batch
+        ok = []
+        for f in futures:
+            if f is None or not f.done() or f.exception() is not None:
+                ok.append(False)  # not cancelled: awscrt completes its futures itself
+                continue
+            r = f.result()
+            ok.append(r is not None and r.puback is not None and r.puback.reason_code.value < 0x80)
+        return ok
+
+    def close(self) -> None:
+        self._client.stop()

@@ -1,0 +1,146 @@
+"""Proposed configurations are validated (schema, files, sha256, load + self-test) and REJECTED
+with a message naming the problem, while the running pipeline keeps going on its models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import pytest
+
+from facefleet.component.models import model_paths
+from facefleet.config import ComponentConfig, parse_component_config
+from facefleet.modelspec import load_catalog, sha256_file
+
+from .helpers import DET, MBF128, W600K, base_config, start_component, wait_until
+
+
+def _with(cfg: dict, path: str, value) -> dict:
+    out = copy.deepcopy(cfg)
+    node = out
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+    node[keys[-1]] = value
+    return out
+
+
+@pytest.fixture
+def bad_models(tmp_path, assets):
+    """Broken model files made at run time: garbage bytes, and a real model whose spec names
+    an output it does not have."""
+    spec = next(s for s in load_catalog() if s.file == MBF128)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not an onnx model" * 100)
+    corrupt.with_suffix(".json").write_text(spec.model_copy(update={"sha256": None, "file": "corrupt.onnx"}).model_dump_json())
+    wrong = tmp_path / "wrong_outputs.onnx"
+    wrong.write_bytes((assets / "models" / MBF128).read_bytes())
+    bad_rec = spec.recognizer.model_copy(update={"output": "embedding_that_is_not_there"})
+    wrong.with_suffix(".json").write_text(spec.model_copy(update={"recognizer": bad_rec, "file": wrong.name}).model_dump_json())
+    return {"corrupt": str(corrupt), "wrong": str(wrong)}
+
+
+def test_invalid_configurations_are_rejected_while_the_pipeline_runs(tmp_path, assets, bad_models, long_video):
+    cfg = base_config(assets, cameras=[{"id": "stage", "source": str(long_video), "fps_cap": None}])
+    comp, ipc = start_component(tmp_path, assets, cfg)
+    try:
+        worker = comp.cameras["stage"]
+        assert wait_until(lambda: worker.frames >= 3, 60)
+        serving = (comp.models.detector.spec.fingerprint, comp.models.recognizer.fingerprint)
+        cases = [
+            (_with(cfg, "cameras", "stage"), "cameras"),
+            (_with(cfg, "status_interval_s", "often"), "status_interval_s"),
+            (_with(cfg, "detection", {"score_threshold": 1.5}), "detection.score_threshold"),
+            (_with(cfg, "recognition", {"match_threshold": -2}), "recognition.match_threshold"),
+            (_with(cfg, "models.backend", "tpu"), "models.backend"),
+            (_with(cfg, "models.recognizer", "missing.onnx"), "recognizer model file not found"),
+            (_with(cfg, "models.recognizer", bad_models["corrupt"]), "cannot read ONNX model"),
+            (_with(cfg, "models.recognizer_sha256", "0" * 64), "does not match models.recognizer_sha256"),
+            (_with(cfg, "models.recognizer_sha256", "xyz"), "models.recognizer_sha256"),
+            (_with(cfg, "models.recognizer", bad_models["wrong"]), "embedding_that_is_not_there"),
+            (_with(cfg, "models.recognizer", DET), "expected a recognizer"),
+            (_with(cfg, "cameras", [{"id": "c1", "source": "ftp://cam.local/stream"}]), "scheme must be one of"),
+            (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://"}]), "scheme must be one of"),
+            (_with(cfg, "cameras", [{"id": "bad id!", "source": "rtsp://cam/1"}]), "cameras.0.id"),
+            (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://cam/1", "fps_cap": 0}]), "cameras.0.fps_cap"),
+            (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://a/1"}, {"id": "c1", "source": "rtsp://b/1"}]), "unique"),
+            (_with(cfg, "spool", {"max_events": 0}), "spool.max_events"),
+            (_with(cfg, "topics", {"events": "facefleet/#"}), "wildcards"),
+            (_with(cfg, "bogus_key", 1), "bogus_key"),
+            (_with(cfg, "models.backend", "hailo"), "HAILO_DET_HEF"),
+            ([1, 2, 3], "mapping"),
+        ]
+        frames_before = worker.frames
+        for proposed, expected in cases:
+            report = ipc.push_validation(proposed)
+            assert report.status == "REJECTED", (expected, report.message)
+            assert expected in report.message, (expected, report.message)
+            assert report.deployment_id == "dep-1"
+        assert len(cases) >= 15
+        # a valid proposal is accepted: the check does not just say no
+        ok = ipc.push_validation(_with(cfg, "models.recognizer", MBF128))
+        assert ok.status == "ACCEPTED", ok.message
+        # the same bad configurations pushed as a live update: an error event, the old models serve on
+        ipc.push_configuration(_with(cfg, "models.recognizer", bad_models["wrong"]))
+        ipc.push_configuration(_with(cfg, "detection", {"score_threshold": 7}))
+        assert wait_until(lambda: len(ipc.events("error")) >= 2, 10)
+        errors = [e["message"] for e in ipc.events("error")]
+        assert any("keeping the serving models" in m and "embedding_that_is_not_there" in m for m in errors)
+        assert any("detection.score_threshold" in m for m in errors)
+        assert (comp.models.detector.spec.fingerprint, comp.models.recognizer.fingerprint) == serving
+        assert wait_until(lambda: worker.frames > frames_before + 3, 30), "the pipeline stopped"
+        assert not worker.finished.is_set() and worker._thread.is_alive()
+        assert ipc.states == ["RUNNING"]
+    finally:
+        comp.stop()
+
+
+def test_one_schema_for_recipe_ipc_and_yaml(tmp_path, assets):
+    """Greengrass returns numbers as floats; the shared schema coerces them."""
+    cfg = parse_component_config({"spool": {"max_events": 500.0, "batch": 10.0}, "status_interval_s": 30})
+    assert cfg.spool.max_events == 500 and isinstance(cfg.spool.max_events, int)
+    schema = ComponentConfig.model_json_schema()
+
+    def undocumented(s, defs, path=""):
+        out = []
+        for name, prop in s.get("properties", {}).items():
+            ref = prop.get("$ref") or next((a.get("$ref") for a in prop.get("anyOf", []) if "$ref" in a), None)
+            if ref is None and prop.get("type") == "array" and "$ref" in prop.get("items", {}):
+                ref = prop["items"]["$ref"]
+            if ref:
+                out += undocumented(defs[ref.split("/")[-1]], defs, f"{path}{name}.")
+            elif "description" not in prop:
+                out.append(path + name)
+        return out
+
+    missing = [m for m in undocumented(schema, schema["$defs"]) if not m.startswith("tracking.")]
+    assert missing == [], f"fields without a description: {missing}"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(json.dumps(base_config(assets)))
+    from facefleet.config import load_config
+    assert isinstance(load_config(yaml_file, ComponentConfig), ComponentConfig)
+
+
+def test_relative_hef_and_the_v1_environment_variable(tmp_path, caplog):
+    arts = tmp_path / "artifacts"
+    cfg = parse_component_config({"models": {"backend": "hailo"}, "HAILO_DET_HEF": "scrfd.hef", "HAILO_REC_HEF": ""})
+    with caplog.at_level(logging.INFO):
+        p = model_paths(cfg, arts, {"HAILO_REC_HEF": "/opt/v1/arcface.hef"})
+    assert p.recognizer.as_posix() == "/opt/v1/arcface.hef" and p.detector == arts / "scrfd.hef"
+    assert "environment variable" in caplog.text
+    caplog.clear()
+    cfg2 = cfg.model_copy(update={"HAILO_REC_HEF": "models/arcface.hef"})
+    with caplog.at_level(logging.INFO):
+        p2 = model_paths(cfg2, arts, {"HAILO_REC_HEF": "/opt/v1/arcface.hef"})
+    assert p2.recognizer == arts / "models" / "arcface.hef"
+    assert "wins over environment" in caplog.text
+
+
+def test_configured_sha256_must_match(tmp_path, assets):
+    from facefleet.component.models import check_files
+
+    good = sha256_file(assets / "models" / W600K)
+    cfg = parse_component_config(base_config(assets, models={"backend": "onnx", "detector": DET, "recognizer": W600K,
+                                                               "recognizer_sha256": good}))
+    check_files(cfg, model_paths(cfg, assets / "models", {}))

@@ -1,0 +1,110 @@
+"""Local mode: `facefleet run --config FILE.yaml` watches the file and applies a change with the
+same validated hot swap (a bad edit is an error event; the run goes on)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+
+from facefleet.recognition.gallery import Gallery
+from facefleet.recognition.loader import enroll_images
+
+
+def test_run_watches_its_config_and_hot_swaps(tmp_path, assets, cli_env, load_detector, load_recognizer, long_video):
+    gallery = Gallery.open(tmp_path / "g", create=True)
+    enroll_images(gallery, load_detector(), "miranda", [assets / "enroll" / "lin-manuel-miranda.png"])
+    models = assets / "models"
+    cfg_file = tmp_path / "run.yaml"
+    base = {"models": {"detector": str(models / "det_500m.onnx"), "recognizer": str(models / "w600k_mbf_fp32.onnx")}}
+    cfg_file.write_text(yaml.safe_dump(base))
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "facefleet", "run", "--source", str(long_video),
+                             "--gallery", str(tmp_path / "g"), "--config", str(cfg_file), "--events", str(events)],
+                            env=cli_env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # wait until it serves
+            if "gallery 1 identities" in line:
+                break
+        time.sleep(0.05)  # a new mtime
+        cfg_file.write_text(yaml.safe_dump({"models": {**base["models"], "recognizer": str(models / "mobilefacenet_128.onnx")}}))
+        rest = proc.stderr.read()
+        assert proc.wait(120) == 0, rest
+    finally:
+        proc.kill()
+    out = [json.loads(line) for line in events.read_text().splitlines()]
+    changed = [e for e in out if e["type"] == "model_changed"]
+    new_fp = load_recognizer("mobilefacenet_128").fingerprint
+    assert [(e["role"], e["new"]) for e in changed] == [("recognizer", new_fp)], rest
+    after = out[out.index(changed[0]) + 1:]
+    assert any(e["type"] == "match" and e["models"]["recognizer"] == new_fp and e["identity"] == "miranda" for e in after)
+
+
+def test_bad_edits_are_reported_and_change_nothing(tmp_path, assets, load_detector, load_recognizer, clip_frames):
+    from facefleet.component.local import LocalSwapper
+    from facefleet.component.swap import FileWatcher
+    from facefleet.config import ComponentConfig
+    from facefleet.recognition.loader import gallery_index
+    from facefleet.recognition.pipeline import FacePipeline
+    from facefleet.sources import Frame
+
+    gallery = Gallery.open(tmp_path / "g", create=True)
+    models = assets / "models"
+    base = {"models": {"detector": str(models / "det_500m.onnx"), "recognizer": str(models / "w600k_mbf_fp32.onnx")}}
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump(base))
+    cfg = ComponentConfig.model_validate(base)
+    det, rec = load_detector(), load_recognizer()
+    pipeline = FacePipeline(det, rec, gallery_index(gallery, rec), cfg)
+    published, errors = [], []
+    swapper = LocalSwapper(pipeline, gallery, cfg, published.append)
+    watcher = FileWatcher(cfg_file, swapper.apply, errors.append)
+    edits = [("recognition: {match_threshold: 3}", "recognition.match_threshold"),
+             ("models: [", "invalid YAML"),
+             (yaml.safe_dump({"models": {**base["models"], "recognizer": str(tmp_path / "nope.onnx")}}), "nope.onnx"),
+             (yaml.safe_dump({"models": {**base["models"], "recognizer": str(models / "det_500m.onnx")}}), "expected a recognizer")]
+    for i, (text, expected) in enumerate(edits):
+        cfg_file.write_text(text + " " * i)  # a new size: the change is seen whatever the mtime resolution
+        assert watcher.check()
+        assert expected in errors[-1], errors
+        assert pipeline.recognizer is rec and pipeline.detector is det
+        pipeline.process(Frame(i, clip_frames[i], None))  # still serving
+    assert len(errors) == len(edits) and published == []
+    assert not watcher.check()  # unchanged file: nothing to do
+    assert pipeline.threshold == rec.rec.match_threshold  # the rejected threshold of 3 never applied
+
+
+def test_run_sends_events_to_mqtt_through_the_spool(tmp_path, assets, cli_env, broker, collector, load_detector):
+    gallery = Gallery.open(tmp_path / "g", create=True)
+    enroll_images(gallery, load_detector(), "obama", [assets / "enroll" / "obama.jpg"])
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"device": "pi-7", "mqtt": {"host": "127.0.0.1", "port": broker.port},
+                                        "spool": {"path": "events.sqlite"}}))
+    events = tmp_path / "events.jsonl"
+    r = subprocess.run([sys.executable, "-m", "facefleet", "run", "--source", str(assets / "faces" / "couple.jpg"),
+                        "--gallery", str(tmp_path / "g"), "--config", str(cfg_file), "--events", str(events)],
+                       env=cli_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ids = {json.loads(line)["event_id"] for line in events.read_text().splitlines()}
+    assert len(ids) == 2  # two faces in the photo
+    assert collector.wait_for(ids, 10)  # confirmed before the run ended
+    from facefleet.transport.spool import Spool
+
+    assert Spool(tmp_path / "events.sqlite").depth == 0
+
+
+def test_mqtt_settings_are_checked():
+    import pytest
+
+    from facefleet.config import parse_component_config
+    from facefleet.errors import FacefleetError
+
+    with pytest.raises(FacefleetError, match="only to a broker on loopback"):
+        parse_component_config({"mqtt": {"host": "broker.example.com"}})
+    with pytest.raises(FacefleetError, match="both cert and key"):
+        parse_component_config({"mqtt": {"host": "a1b2-ats.iot.eu-west-1.amazonaws.com", "port": 8883, "cert": "c.pem"}})
+    ok = parse_component_config({"mqtt": {"host": "a1b2-ats.iot.eu-west-1.amazonaws.com", "port": 8883, "cert": "c.pem", "key": "k.pem"}})
+    assert ok.mqtt.port == 8883
