@@ -1,6 +1,6 @@
 import pytest
 
-from facefleet.config import PipelineConfig, parse_config
+from facefleet.config import ComponentConfig, PipelineConfig, parse_config
 from facefleet.errors import FacefleetError
 
 
@@ -10,8 +10,9 @@ def _properties(schema: dict):
         yield from _properties(sub)
 
 
-def test_every_field_is_documented():
-    missing = [n for n, p in _properties(PipelineConfig.model_json_schema()) if "description" not in p and "$ref" not in p]
+@pytest.mark.parametrize("schema", [PipelineConfig, ComponentConfig])
+def test_every_field_is_documented(schema):
+    missing = [n for n, p in _properties(schema.model_json_schema()) if "description" not in p and "$ref" not in p]
     assert missing == []
 
 

@@ -113,3 +113,22 @@ def test_shot_cuts_end_tracks(clip_frames, clip_run):
     for e in events:
         assert not any(e.first_frame < c <= e.last_frame for c in cuts)
     assert not CutDetector(0).is_cut(clip_frames[0]) and not CutDetector(0).is_cut(clip_frames[20])
+
+
+def test_new_recognizer_restarts_open_evidence(clip_gallery, clip_frames, load_detector, load_recognizer, cfg):
+    """After a swap to another embedding space (512-d -> 128-d) open tracks keep their boxes but
+    collect evidence anew: old and new embeddings never mix."""
+    w600k, mfn = load_recognizer("w600k_mbf_fp32"), load_recognizer("mobilefacenet_128")
+    p = FacePipeline(load_detector(), w600k, gallery_index(clip_gallery, w600k), cfg)
+    for i in range(215, 218):
+        p.process(Frame(i, clip_frames[i], None))
+    open_ids = {t.id for t in p.tracker.open_tracks()}
+    assert any(t.evidence_frames for t in p.tracker.open_tracks())
+    p.set_models(p.detector, mfn, gallery_index(clip_gallery, mfn))
+    assert all(t.evidence is None and t.evidence_frames == 0 for t in p.tracker.open_tracks())
+    events = []
+    for i in range(218, 240):
+        events += p.process(Frame(i, clip_frames[i], None))
+    assert {t.id for t in p.tracker.open_tracks()} & open_ids  # the same tracks continue
+    assert all(t.evidence is None or t.evidence.shape == (128,) for t in p.tracker.open_tracks())
+    assert all(e.models.recognizer == mfn.fingerprint for e in events)

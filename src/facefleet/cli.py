@@ -122,15 +122,13 @@ def cmd_gallery_remove(args) -> int:
 
 
 # ---- run / demo ------------------------------------------------------------------------------
-def _build_pipeline(args, cfg):
+def _build_pipeline(args, cfg, backends):
     from facefleet.recognition.gallery import Gallery
     from facefleet.recognition.loader import gallery_index, load_models
     from facefleet.recognition.pipeline import FacePipeline
-    from facefleet.runtime import create_backend
 
     gallery = Gallery.open(args.gallery)
-    backend = create_backend(cfg.models.backend)
-    models = load_models(backend, cfg, args.detector, args.recognizer)
+    models = load_models(backends.get(cfg.models.backend), cfg, args.detector, args.recognizer)
     index = gallery_index(gallery, models.recognizer)
     log.info("detector %s (%s), recognizer %s (%s), gallery %d identities",
              models.detector.spec.name, models.detector.spec.fingerprint,
@@ -156,22 +154,27 @@ def run_source(pipeline, source, publish: Callable) -> int:
 
 def cmd_run(args) -> int:
     from facefleet.config import ComponentConfig, load_config
+    from facefleet.runtime import BackendPool
     from facefleet.sources import open_source
     from facefleet.transport.jsonl import JsonlSink
 
     cfg = load_config(args.config, ComponentConfig)  # the Greengrass component's schema (a superset)
     source = open_source(args.source)
-    pipeline = _build_pipeline(args, cfg)
-    sink = JsonlSink(args.events)
+    backends = BackendPool()
     try:
-        if args.config:  # local mode: the file is watched; changes go through the validated hot swap
-            from facefleet.component.local import run_watched
+        pipeline = _build_pipeline(args, cfg, backends)
+        sink = JsonlSink(args.events)
+        try:
+            if args.config:  # local mode: the file is watched; changes go through the validated hot swap
+                from facefleet.component.local import run_watched
 
-            n = run_watched(args, cfg, pipeline, source, sink.publish)
-        else:
-            n = run_source(pipeline, source, sink.publish)
+                n = run_watched(args, cfg, pipeline, source, sink.publish, backends)
+            else:
+                n = run_source(pipeline, source, sink.publish)
+        finally:
+            sink.close()
     finally:
-        sink.close()
+        backends.close()
     c = pipeline.counters
     log.info("%d frames, %d faces, %d embedded in %d recognizer calls, %d events",
              c.frames, c.faces, c.embedded, c.recognizer_calls, n)
@@ -220,8 +223,13 @@ def cmd_bench(args) -> int:
         cfg = load_config(args.config)
         if args.recheck_every is not None:
             cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"recheck_every": args.recheck_every})})
-        pipeline = _build_pipeline(args, cfg)
-        result = bench.bench_pipeline(pipeline, args.source, repeat=args.repeat)
+        from facefleet.runtime import BackendPool
+
+        backends = BackendPool()
+        try:
+            result = bench.bench_pipeline(_build_pipeline(args, cfg, backends), args.source, repeat=args.repeat)
+        finally:
+            backends.close()
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -268,16 +276,16 @@ def _bench_distance(args) -> dict:
 
 
 def cmd_config_schema(args) -> int:
-    from facefleet.config import PipelineConfig
+    from facefleet.config import ComponentConfig
 
-    print(json.dumps(PipelineConfig.model_json_schema(), indent=1))
+    print(json.dumps(ComponentConfig.model_json_schema(), indent=1))
     return 0
 
 
 def cmd_config_check(args) -> int:
-    from facefleet.config import load_config
+    from facefleet.config import ComponentConfig, load_config
 
-    cfg = load_config(args.file)
+    cfg = load_config(args.file, ComponentConfig)
     print(cfg.model_dump_json(indent=1))
     return 0
 

@@ -60,7 +60,9 @@ def test_bad_edits_are_reported_and_change_nothing(tmp_path, assets, load_detect
     det, rec = load_detector(), load_recognizer()
     pipeline = FacePipeline(det, rec, gallery_index(gallery, rec), cfg)
     published, errors = [], []
-    swapper = LocalSwapper(pipeline, gallery, cfg, published.append)
+    from facefleet.runtime import BackendPool
+
+    swapper = LocalSwapper(pipeline, gallery, cfg, published.append, BackendPool())
     watcher = FileWatcher(cfg_file, swapper.apply, errors.append)
     edits = [("recognition: {match_threshold: 3}", "recognition.match_threshold"),
              ("models: [", "invalid YAML"),

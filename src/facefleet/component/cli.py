@@ -151,6 +151,7 @@ def cmd_bench_swap(args) -> int:
     from facefleet.recognition.gallery import Gallery
     from facefleet.recognition.loader import gallery_index, largest_face_crop
     from facefleet.recognition.pipeline import FacePipeline
+    from facefleet.runtime import BackendPool
     from facefleet.sources import read_image
 
     assets = assets_dir()
@@ -160,7 +161,8 @@ def cmd_bench_swap(args) -> int:
              ModelPaths("onnx", m / "det_500m.onnx", m / "mobilefacenet_128.onnx")]
     with tempfile.TemporaryDirectory() as d:
         gallery = Gallery.open(Path(d) / "g", create=True)
-        models = load_pair(cfg, paths[0])
+        backends = BackendPool()
+        models = load_pair(cfg, paths[0], backends)
         photos = sorted((assets / "faces" / "people").glob("*/*.jpg"))
         for p in photos:
             crop = largest_face_crop(models.detector, read_image(p))
@@ -173,11 +175,12 @@ def cmd_bench_swap(args) -> int:
             # a fresh gallery cache each time: the swap re-embeds every crop, as on a device
             for f in (Path(d) / "g" / "cache").glob("*.npz"):
                 f.unlink()
-            res = hot_swap(cfg, paths[(i + 1) % 2], gallery, [pipeline], lock, models)
+            res = hot_swap(cfg, paths[(i + 1) % 2], gallery, [pipeline], lock, models, backends)
             models.close()
             models = res.models
             times.append(res.ms)
         models.close()
+        backends.close()
     crops = sum(len(gallery.info(n)["crops"]) for n in gallery.names())
     _print({"swaps": len(times), "gallery_identities": len(gallery.names()), "gallery_crops": crops,
             "swap_ms_median": round(statistics.median(times), 1), "swap_ms_max": round(max(times), 1),

@@ -13,6 +13,7 @@ from facefleet.component.models import model_paths
 from facefleet.component.swap import FileWatcher, hot_swap
 from facefleet.config import ComponentConfig
 from facefleet.events import ErrorEvent
+from facefleet.runtime import BackendPool
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,13 @@ log = logging.getLogger(__name__)
 class LocalSwapper:
     """Holds the serving models of one pipeline and applies changed configurations to it."""
 
-    def __init__(self, pipeline, gallery, cfg: ComponentConfig, publish: Callable, detector: str | None = None,
+    def __init__(self, pipeline, gallery, cfg: ComponentConfig, publish: Callable, backends: BackendPool,
+                 detector: str | None = None,
                  recognizer: str | None = None):
         from facefleet.recognition.loader import ModelPair
 
         self.pipeline, self.gallery, self.cfg, self.publish = pipeline, gallery, cfg, publish
+        self.backends = backends
         self.overrides = (detector, recognizer)  # --detector/--recognizer win over the file
         self.lock = threading.Lock()
         self.models = ModelPair(pipeline.detector, pipeline.recognizer)
@@ -46,7 +49,7 @@ class LocalSwapper:
             log.info("configuration reloaded (models unchanged)")
             return
         try:
-            res = hot_swap(cfg, paths, self.gallery, [self.pipeline], self.lock, self.models)
+            res = hot_swap(cfg, paths, self.gallery, [self.pipeline], self.lock, self.models, self.backends)
         except Exception as e:
             raise RuntimeError(f"model swap failed, keeping the serving models: {e}") from None
         old, self.models, self.paths, self.cfg = self.models, res.models, paths, cfg
@@ -55,7 +58,7 @@ class LocalSwapper:
         old.close()
 
 
-def run_watched(args, cfg: ComponentConfig, pipeline, source, publish: Callable) -> int:
+def run_watched(args, cfg: ComponentConfig, pipeline, source, publish: Callable, backends: BackendPool) -> int:
     """Like ``run_source``, with the configuration file watched. Returns the number of events."""
     from facefleet.recognition.gallery import Gallery
 
@@ -74,7 +77,7 @@ def run_watched(args, cfg: ComponentConfig, pipeline, source, publish: Callable)
         log.warning("configuration %s: %s", args.config, message)
         safe_publish(ErrorEvent(device=cfg.device, source="config", message=message))
 
-    swapper = LocalSwapper(pipeline, Gallery.open(args.gallery), cfg, safe_publish, args.detector, args.recognizer)
+    swapper = LocalSwapper(pipeline, Gallery.open(args.gallery), cfg, safe_publish, backends, args.detector, args.recognizer)
     watcher = FileWatcher(args.config, swapper.apply, on_error).start()
     try:
         for frame in source:

@@ -16,6 +16,7 @@ from pathlib import Path
 from facefleet.config import ComponentConfig
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import sha256_file
+from facefleet.runtime import BackendPool
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,10 @@ def check_files(cfg: ComponentConfig, paths: ModelPaths) -> None:
                 raise FacefleetError(f"{role} model {p.name}: sha256 {got[:12]}... does not match models.{role}_sha256 {want[:12]}...")
 
 
-def load_pair(cfg: ComponentConfig, paths: ModelPaths):
-    """Load and self-test both models (the Detector/Recognizer constructors run the self-test)."""
+def load_pair(cfg: ComponentConfig, paths: ModelPaths, backends: BackendPool):
+    """Load and self-test both models (the Detector/Recognizer constructors run the self-test)
+    on the owner's backend (one VDevice per process on a Hailo)."""
     from facefleet.recognition.loader import load_models
-    from facefleet.runtime import create_backend
 
     check_files(cfg, paths)
-    backend = create_backend(paths.backend)
-    return load_models(backend, cfg, paths.detector, paths.recognizer)
+    return load_models(backends.get(paths.backend), cfg, paths.detector, paths.recognizer)

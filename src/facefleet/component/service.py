@@ -21,6 +21,7 @@ from facefleet.component.swap import hot_swap, one_line
 from facefleet.config import CameraConfig, ComponentConfig, parse_component_config
 from facefleet.errors import FacefleetError
 from facefleet.events import CommandResultEvent, ErrorEvent, Models, StatusEvent
+from facefleet.runtime import BackendPool
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Component:
         self.cameras: dict[str, CameraWorker] = {}
         self.swaps = 0
         self.last_swap_ms: float | None = None
+        self.backends = BackendPool()  # serving, validation and swaps share one device
 
     # ---- start / stop -------------------------------------------------------------------------
     def start(self) -> Component:
@@ -61,7 +63,7 @@ class Component:
             self.forwarder = Forwarder(self.spool, self._sink, self.cfg.spool.batch).start()
             self.publisher = SpooledPublisher(self.spool, self.cfg.topics.events, self.thing)
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
-            self.models = load_pair(self.cfg, self.paths)
+            self.models = load_pair(self.cfg, self.paths, self.backends)
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
             self.index = gallery_index(self.gallery, self.models.recognizer)
         except Exception as e:
@@ -88,6 +90,7 @@ class Component:
             self.spool.close()
         if hasattr(self, "models"):
             self.models.close()
+        self.backends.close()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -170,7 +173,7 @@ class Component:
             cfg = parse_component_config(data, "(proposed)")
             paths = model_paths(cfg, self.artifacts, self.environ)
             if paths != self.paths or cfg.models != self.cfg.models or cfg.detection != self.cfg.detection:
-                load_pair(cfg, paths).close()
+                load_pair(cfg, paths, self.backends).close()
         except Exception as e:
             return False, one_line(e)
         return True, "configuration accepted"
@@ -233,7 +236,8 @@ class Component:
     def swap(self, cfg: ComponentConfig, paths: ModelPaths) -> bool:
         """Atomic hot swap (see swap.hot_swap). On failure the old models keep serving."""
         try:
-            res = hot_swap(cfg, paths, self.gallery, [w.pipeline for w in self.cameras.values()], self.infer_lock, self.models)
+            res = hot_swap(cfg, paths, self.gallery, [w.pipeline for w in self.cameras.values()], self.infer_lock, self.models,
+                           self.backends)
         except Exception as e:
             self.error("model", f"model swap failed, keeping the serving models: {one_line(e)}")
             return False

@@ -13,6 +13,7 @@ from pathlib import Path
 from facefleet.component.models import ModelPaths, load_pair
 from facefleet.config import ComponentConfig
 from facefleet.events import ModelChangedEvent
+from facefleet.runtime import BackendPool
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,6 @@ log = logging.getLogger(__name__)
 def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:500]
-
-
-def restart_evidence(pipeline) -> None:
-    """Open tracks keep their boxes, but evidence embedded by the old recognizer lives in another
-    space (even another size: 512 vs 128) and must not be mixed with the new model's."""
-    for t in pipeline.tracker.open_tracks():
-        t.evidence, t.evidence_weight, t.evidence_frames = None, 0.0, 0
-        t.last_embed_frame = -(10**9)
 
 
 @dataclass
@@ -38,26 +31,24 @@ class SwapResult:
     events: list[ModelChangedEvent]
 
 
-def hot_swap(cfg: ComponentConfig, paths: ModelPaths, gallery, pipelines: list, lock: threading.Lock, old_models) -> SwapResult:
+def hot_swap(cfg: ComponentConfig, paths: ModelPaths, gallery, pipelines: list, lock: threading.Lock, old_models,
+             backends: BackendPool) -> SwapResult:
     """Load beside the serving models (the constructors self-test), re-embed the gallery from
     its crops, then switch every pipeline between two frames. Raises, with nothing changed, on
     any failure before the switch; the caller closes nothing but ``old_models`` afterwards."""
     from facefleet.recognition.loader import gallery_index
 
     t0 = time.perf_counter()
-    pair = load_pair(cfg, paths)
+    pair = load_pair(cfg, paths, backends)
     try:
         index = gallery_index(gallery, pair.recognizer)
     except Exception:
         pair.close()
         raise
-    new_space = old_models.recognizer.fingerprint != pair.recognizer.fingerprint
     with lock:
         for p in pipelines:
             p.cfg = cfg
             p.set_models(pair.detector, pair.recognizer, index)
-            if new_space:
-                restart_evidence(p)
     ms = (time.perf_counter() - t0) * 1000
     events = []
     for role, o, n in (("detector", old_models.detector.spec.fingerprint, pair.detector.spec.fingerprint),

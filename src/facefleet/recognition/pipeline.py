@@ -68,6 +68,7 @@ class FacePipeline:
         self.cuts = CutDetector(cfg.tracking.cut_threshold)
         self.cut_count = 0
         self._crop_buf: np.ndarray | None = None
+        self.recognizer: Recognizer | None = None
         self.set_models(detector, recognizer, index)
 
     # ---- models ---------------------------------------------------------------------------
@@ -75,6 +76,9 @@ class FacePipeline:
         """Switch models atomically (between frames). The gallery index must match the recognizer."""
         if index.fingerprint != recognizer.fingerprint:
             raise ValueError("gallery index was embedded with another recognizer")
+        if getattr(self, "recognizer", None) is not None and self.recognizer.fingerprint != recognizer.fingerprint:
+            # open tracks keep their boxes; evidence from the old model lives in another space
+            self.tracker.restart_evidence()
         rc = self.cfg.recognition
         self.detector, self.recognizer, self.index = detector, recognizer, index
         self.threshold = rc.match_threshold if rc.match_threshold is not None else recognizer.rec.match_threshold

@@ -178,6 +178,13 @@ class Tracker:
         self.add_evidence(nt, frame, emb, pre_norm, weight)
         return nt
 
+    def restart_evidence(self) -> None:
+        """Forget every open track's embeddings (the recognizer changed: another space, maybe
+        another size); boxes and decisions stay, undecided tracks collect evidence anew."""
+        for t in self.tracks:
+            t.evidence, t.evidence_weight, t.evidence_frames = None, 0.0, 0
+            t.last_embed_frame = -(10**9)
+
     def open_tracks(self) -> list[Track]:
         return list(self.tracks)
 

@@ -19,4 +19,26 @@ def create_backend(name: str, **options) -> Backend:
     raise FacefleetError(f"unknown backend {name!r} (expected 'onnx' or 'hailo')")
 
 
-__all__ = ["Backend", "LoadedModel", "create_backend"]
+class BackendPool:
+    """One backend per kind for whoever owns the pool (a process, a component).
+
+    HailoRT allows one VDevice per process, shared by every model: serving, validating a
+    proposed configuration and hot-swapping must all load through the same backend.
+    """
+
+    def __init__(self, **options):
+        self._options = options
+        self._backends: dict[str, Backend] = {}
+
+    def get(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = create_backend(name, **self._options.get(name, {}))
+        return self._backends[name]
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()
+        self._backends.clear()
+
+
+__all__ = ["Backend", "BackendPool", "LoadedModel", "create_backend"]
