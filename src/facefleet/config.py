@@ -132,6 +132,10 @@ class ComponentConfig(PipelineConfig):
     HAILO_DET_HEF: str = Field("", description="detector HEF for backend hailo (relative: in the artifacts folder)")
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=16, description="cameras the component serves")
     gallery: str = Field("gallery", min_length=1, description="gallery folder (relative: under the component's work folder)")
+    gallery_archives: list[str] = Field(default_factory=list, max_length=32,
+                                        description="gallery archives made by 'facefleet gallery pack' and shipped as artifacts "
+                                        "(relative: in the artifacts folder), merged into the gallery at start and when this "
+                                        "list changes; the device embeds their crops with its own model")
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)

@@ -62,6 +62,66 @@ def cmd_deploy(args) -> int:
     return run()
 
 
+# ---- publish ---------------------------------------------------------------------------------------
+def _progress_bars():
+    """A rich progress bar per uploaded file, on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    bars = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=Console(stderr=True), transient=False)
+
+    def start(name: str, size: int):
+        bars.start()
+        task = bars.add_task(name, total=size)
+        return lambda n: bars.advance(task, n)
+
+    return bars, start
+
+
+def cmd_publish(args) -> int:
+    import subprocess
+
+    from facefleet.cloud import aws
+    from facefleet.cloud.publish import publish
+
+    gdk = Path(args.gdk_config)
+    component, gdk_region = component_from_gdk(args.gdk_config)
+    entry = json.loads(gdk.read_text())["component"][component]
+    region = args.region or gdk_region
+    bucket = args.bucket or (entry.get("publish") or {}).get("bucket")
+    if not bucket:
+        raise FacefleetError(f"{gdk}: publish.bucket is not set (or pass --bucket)")
+    build_dir = Path(args.build_dir) if args.build_dir else gdk.parent / "greengrass-build"
+    if not args.skip_build:
+        cmd = (entry.get("build") or {}).get("custom_build_command")
+        if not cmd:
+            raise FacefleetError(f"{gdk}: no custom_build_command to build with (or pass --skip-build)")
+        r = subprocess.run(cmd if isinstance(cmd, list) else cmd.split(), cwd=gdk.parent, capture_output=True, text=True)
+        if r.returncode != 0:
+            last = (r.stderr or r.stdout).strip().splitlines()
+            raise FacefleetError(f"build failed: {last[-1] if last else r.returncode}")
+    bars, progress = _progress_bars()
+
+    @aws.aws_errors
+    def run():
+        gg, s3, sts = (aws.client(s, region, args.session) for s in ("greengrassv2", "s3", "sts"))
+        try:
+            return publish(gg=gg, s3=s3, sts=sts, region=gg.meta.region_name, component=component,
+                           version_spec=args.version or entry.get("version", "NEXT_PATCH"), bucket_prefix=bucket,
+                           build_dir=build_dir, gallery_archives=[Path(a) for a in args.gallery_archive or []],
+                           progress=progress, wait=not args.no_wait)
+        finally:
+            bars.stop()
+
+    res = run()
+    up = [a.path.name for a in res.artifacts if a.uploaded]
+    kept = [a.path.name for a in res.artifacts if not a.uploaded]
+    print(f"published {res.component} {res.version} ({res.state or 'created'}) to s3://{res.bucket}: "
+          f"uploaded {', '.join(up) or 'nothing'}" + (f"; already there: {', '.join(kept)}" if kept else ""))
+    return 0
+
+
 # ---- events ----------------------------------------------------------------------------------------
 def _consumer(args):
     from facefleet.cloud.consumer import Consumer, open_store
@@ -140,6 +200,17 @@ def cmd_setup_rule(args) -> int:
 
 
 def register(sub) -> None:
+    p = sub.add_parser("publish", help="publish a component version (like gdk component publish; models content-addressed)")
+    p.add_argument("--gdk-config", default=DEFAULT_COMPONENT_CONFIG, help="name, version, bucket prefix and region")
+    p.add_argument("--version", help="MAJOR.MINOR.PATCH or NEXT_PATCH (default: gdk-config.json's)")
+    p.add_argument("--region")
+    p.add_argument("--bucket", help="bucket prefix (the bucket is {prefix}-{region}-{account}, as with GDK)")
+    p.add_argument("--build-dir", help="GDK build output (default: greengrass-build beside gdk-config.json)")
+    p.add_argument("--skip-build", action="store_true", help="publish the existing build output as it is")
+    p.add_argument("--gallery-archive", action="append", help="a 'facefleet gallery pack' archive to ship and merge on devices")
+    p.add_argument("--no-wait", action="store_true", help="do not wait until the version is DEPLOYABLE")
+    p.set_defaults(func=cmd_publish, session=None)
+
     d = sub.add_parser("deploy", help="roll a component version out to a thing group (revises its latest deployment)")
     d.add_argument("--thing-group", required=True)
     d.add_argument("--version", required=True, help="component version (must be published)")

@@ -65,6 +65,7 @@ class Component:
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
             self.models = load_pair(self.cfg, self.paths, self.backends)
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
+            self._merge_archives(self.cfg.gallery_archives)
             self.index = gallery_index(self.gallery, self.models.recognizer)
         except Exception as e:
             log.error("cannot serve: %s", one_line(e))
@@ -172,6 +173,9 @@ class Component:
         try:
             cfg = parse_component_config(data, "(proposed)")
             paths = model_paths(cfg, self.artifacts, self.environ)
+            for a in cfg.gallery_archives:
+                if not self._artifact_path(a).is_file():
+                    raise FacefleetError(f"gallery archive not found: {self._artifact_path(a)}")
             if paths != self.paths or cfg.models != self.cfg.models or cfg.detection != self.cfg.detection:
                 load_pair(cfg, paths, self.backends).close()
         except Exception as e:
@@ -213,6 +217,12 @@ class Component:
                     for w in self.cameras.values():
                         w.pipeline.cfg = cfg
                         w.pipeline.set_models(self.models.detector, self.models.recognizer, self.index)
+            if cfg.gallery_archives != self.cfg.gallery_archives:
+                try:
+                    self._merge_archives(cfg.gallery_archives)
+                    self._reindex()
+                except Exception as e:
+                    self.error("gallery", one_line(e))
             old_cfg, self.cfg = self.cfg, cfg
             self.spool.max_events = cfg.spool.max_events
             self.forwarder.batch = cfg.spool.batch
@@ -221,6 +231,26 @@ class Component:
                 self._sink.local_topic = cfg.topics.local
             self._apply_cameras(old_cfg, cfg)
             return True
+
+    def _artifact_path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() or self.artifacts is None else self.artifacts / p
+
+    def _merge_archives(self, archives: list[str]) -> None:
+        """Fleet enrollment: merge shipped gallery archives (idempotent: crops are content-addressed)."""
+        for a in archives:
+            added = self.gallery.merge_archive(self._artifact_path(a))
+            log.info("gallery archive %s: %d new crop(s)", a, added)
+
+    def _reindex(self) -> None:
+        """Re-embed the gallery (new crops) with the serving recognizer; switch between frames."""
+        from facefleet.recognition.loader import gallery_index
+
+        index = gallery_index(self.gallery, self.models.recognizer)
+        with self.infer_lock:
+            self.index = index
+            for w in self.cameras.values():
+                w.pipeline.set_models(self.models.detector, self.models.recognizer, index)
 
     def _apply_cameras(self, old: ComponentConfig, new: ComponentConfig) -> None:
         """Unchanged cameras keep running; removed ones stop; new or changed ones start."""
