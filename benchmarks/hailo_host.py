@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--hef-det", type=Path, help="a real detector HEF (sidecar spec beside it)")
     ap.add_argument("--hef-rec", type=Path, help="a real recognizer HEF (sidecar spec beside it)")
+    ap.add_argument("--tiles", action="store_true",
+                    help="also: host time per detection tile (1280x720 frames, grid of 640x640 tiles, issue 7)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                      "wall_ms_median": round(statistics.median(wall) * 1e3, 3),
                      "subtracted_ms_median": round(statistics.median(dev) * 1e3, 3),
                      "hailo8_device_ms": round(budget, 3), "host_over_device": round(h / budget, 3)})
+    tiles = _tile_rows(det, with_faces, device_seconds, args) if args.tiles else None
     backend.close()
     tmp.cleanup()
     mode = "double (twin compute subtracted)" if double is not None else "hailo_platform (device wait subtracted)"
@@ -141,9 +144,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['faces']:>5} {r['host_ms_median']:>8.3f} {r['host_ms_p90']:>7.3f} {r['facefleet_ms_median']:>9.3f} "
               f"{r['wall_ms_median']:>8.3f} "
               f"{r['subtracted_ms_median']:>10.3f} {r['hailo8_device_ms']:>10.3f} {r['host_over_device']:>8.2f}")
+    if tiles:
+        print(f"detection on 1280x720 frames: full frame only {tiles['full_host_ms']:.3f} ms host; with "
+              f"{tiles['tiles']} tiles of 640x640 {tiles['tiled_host_ms']:.3f} ms host -> {tiles['host_ms_per_tile']:.3f} ms "
+              f"host per tile (Hailo-8 device per tile: {1000.0 / ZOO_FPS['scrfd_10g']:.3f} ms)")
     if args.json:
-        args.json.write_text(json.dumps({"mode": mode, "loadavg": load, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"mode": mode, "loadavg": load, "rows": rows, "tiles": tiles}, indent=1))
     return 0
+
+
+def _tile_rows(det, frames: list[np.ndarray], device_seconds, args) -> dict:
+    """Host time of detection per frame with and without a tiling plan; the difference per tile."""
+    from facefleet.vision.tiling import DetectionPlan
+
+    plan = DetectionPlan(grid=True, overlap=96)
+    big = [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_LINEAR) for f in frames[:40]]
+    n_tiles = len(plan.windows(1280, 720, 640))
+    out = {}
+    for label, p in (("full", None), ("tiled", plan)):
+        host = []
+        for i in range(args.warmup + args.frames):
+            frame = big[i % len(big)]
+            d0, t0 = device_seconds(), time.perf_counter()
+            det.detect(frame, p)
+            t1, d1 = time.perf_counter(), device_seconds()
+            if i >= args.warmup:
+                host.append((t1 - t0) - (d1 - d0))
+        out[label] = statistics.median(host) * 1e3
+    return {"tiles": n_tiles, "full_host_ms": round(out["full"], 3), "tiled_host_ms": round(out["tiled"], 3),
+            "host_ms_per_tile": round((out["tiled"] - out["full"]) / n_tiles, 3)}
 
 
 if __name__ == "__main__":
