@@ -11,7 +11,6 @@ fidelity gate did not pass is refused; and the command waits until the version i
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ import yaml
 
 from facefleet.cloud.aws import error_code
 from facefleet.errors import FacefleetError
+from facefleet.modelspec import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ class PublishResult:
     state: str = ""
     artifacts: list[Artifact] = field(default_factory=list)
     recipe: dict = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def next_patch(gg, component_arn: str) -> str:
@@ -99,7 +91,7 @@ def check_fidelity(files: list[Path]) -> None:
             spec = ModelSpec.model_validate(json.loads(sidecar.read_text()))
         except Exception as e:
             raise FacefleetError(f"{sidecar.name}: invalid ModelSpec: {str(e).splitlines()[0]}") from None
-        if spec.sha256 is not None and spec.sha256 != _sha256(hef):
+        if spec.sha256 is not None and spec.sha256 != sha256_file(hef):
             raise FacefleetError(f"{sidecar.name} describes another file than {hef.name} (sha256 differs): rebuild")
         if spec.kind != "recognizer":
             continue
@@ -213,7 +205,7 @@ def publish(*, gg, s3, sts, region: str, component: str, version_spec: str, buck
         raise FacefleetError(f"version {version!r} is not MAJOR.MINOR.PATCH")
     arts: dict[str, Artifact] = {}
     for f in files:
-        a = Artifact(f, _sha256(f))
+        a = Artifact(f, sha256_file(f))
         a.key = f"models/sha256/{a.sha256}/{f.name}" if is_model(f) else f"{component}/{version}/{f.name}"
         arts[f.name] = a
     for extra in gallery_archives:  # fleet enrollment: shipped to every platform, named by the configuration

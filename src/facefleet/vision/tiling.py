@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facefleet.errors import FacefleetError
-from facefleet.vision.nms import iou_matrix
+from facefleet.vision.nms import overlaps
 from facefleet.vision.scrfd import Detections
 
 
@@ -133,15 +133,7 @@ def merge(parts: list[Detections], iou: float, containment: float = 0.7) -> Dete
         return det
     order = np.argsort(-det.scores, kind="stable")
     det = det.take(order)
-    b = det.boxes
-    ious = iou_matrix(b, b)
-    x1 = np.maximum(b[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(b[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(b[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(b[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    inside = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+    ious, inside = overlaps(det.boxes, det.boxes)
     suppress_pairs = (ious > iou) | (inside > containment)
     keep, dead = [], np.zeros(len(det), bool)
     for i in range(len(det)):
