@@ -143,6 +143,10 @@ def test_tiles_every_kth_frame(load_detector, load_recognizer, clip_frames, cfg)
     for i in range(6):
         p.process(Frame(i, clip_frames[i], None))
     assert spy.flags == [True, False, False, True, False, False]
+    # tiles only: the frames in between detect nothing (tracks carry the faces), without failing
+    tiles_only = plan.model_copy(update={"full_frame": False})
+    assert len(spy.inner.detect(clip_frames[0], tiles_only, run_tiles=False)) == 0
+    assert len(spy.inner.detect(clip_frames[0], tiles_only, run_tiles=True)) > 0
 
 
 # ---- identity assignment --------------------------------------------------------------------------

@@ -79,6 +79,8 @@ class Detector:
             parts.append(self._detect_full(image))
         if tiles:
             parts.append(self._detect_tiles(image, plan))
+        if not parts:  # tiles only, and this is not a tile frame: tracks carry the faces
+            return Detections.empty()
         det = merge(parts, self.nms_iou) if tiles else parts[0]
         if self.min_face_px > 0:
             det = det.take(np.flatnonzero(det.heights >= self.min_face_px))
