@@ -243,7 +243,7 @@ def _bench_distance(args) -> dict:
     from facefleet import distance
     from facefleet.config import load_config
     from facefleet.recognition.gallery import Gallery
-    from facefleet.recognition.loader import load_models
+    from facefleet.recognition.loader import gallery_index, load_models
     from facefleet.recognition.pipeline import FacePipeline
     from facefleet.runtime import create_backend
     from facefleet.vision.tiling import DetectionPlan
@@ -268,8 +268,7 @@ def _bench_distance(args) -> dict:
         run_cfg = cfg.model_copy(update={"detection": cfg.detection.model_copy(update={"plan": plan})})
         with tempfile.TemporaryDirectory(prefix="facefleet-distance-") as tmp:
             gallery = Gallery.open(Path(tmp) / "gallery", create=True)
-            index = gallery.index_for(models.recognizer.fingerprint, lambda c: models.recognizer.embed(c)[0])
-            pipeline = FacePipeline(models.detector, models.recognizer, index, run_cfg)
+            pipeline = FacePipeline(models.detector, models.recognizer, gallery_index(gallery, models.recognizer), run_cfg)
             results[name] = distance.run(pipeline, photos, gallery, heights, fw, fh)
     js, png = distance.write_outputs(results, Path(args.out))
     return {"runs": results, "json": str(js), "png": str(png)}

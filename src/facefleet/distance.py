@@ -22,6 +22,7 @@ from facefleet.recognition.loader import gallery_index
 from facefleet.recognition.models import Detector
 from facefleet.recognition.pipeline import FacePipeline
 from facefleet.sources import IMAGE_EXTS, Frame, read_image
+from facefleet.vision.align import align_faces
 from facefleet.vision.nms import iou_matrix
 
 DEFAULT_HEIGHTS = (112, 80, 56, 40, 28, 20)
@@ -85,12 +86,10 @@ def run(pipeline: FacePipeline, photos: list[Photo], gallery: Gallery, heights: 
     enrolled: dict[str, Photo] = {}
     for p in photos:
         enrolled.setdefault(p.identity, p)
-    from facefleet.vision.align import align_faces
-
     for ident, p in enrolled.items():
         gallery.add(ident, [align_faces(p.image, p.kps[None])[0].copy()], [p.path.name])
     pipeline.set_models(pipeline.detector, pipeline.recognizer, gallery_index(gallery, pipeline.recognizer))
-    queries = [p for p in photos if enrolled[p.identity] is not p]
+    n_queries = sum(enrolled[p.identity] is not p for p in photos)
     rows = []
     for h in heights:
         found = rank1 = matched = false_accepts = 0
@@ -111,17 +110,17 @@ def run(pipeline: FacePipeline, photos: list[Photo], gallery: Gallery, heights: 
             e = events[j]
             if e.quality.pre_norm is not None:
                 pre_norms.append(e.quality.pre_norm)
-            if p in queries:
+            if enrolled[p.identity] is not p:  # a query, not the enrolled photo
                 best = e.identity if e.decision == "identified" else (e.best_candidate.identity if e.best_candidate else None)
                 rank1 += best == p.identity
                 matched += e.decision == "identified" and e.identity == p.identity
         seconds = time.perf_counter() - t0
         rows.append({
             "face_px": h,
-            "photos": len(photos), "queries": len(queries),
+            "photos": len(photos), "queries": n_queries,
             "detection_rate": found / len(photos),
-            "rank1": rank1 / max(len(queries), 1),
-            "match_rate": matched / max(len(queries), 1),
+            "rank1": rank1 / max(n_queries, 1),
+            "match_rate": matched / max(n_queries, 1),
             "false_accepts": false_accepts,
             "pre_norm_mean": float(np.mean(pre_norms)) if pre_norms else None,
             "fps": len(photos) / seconds,

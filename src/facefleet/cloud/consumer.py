@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -248,7 +247,3 @@ def setup_rule(iot, sqs, *, rule_name: str, queue_name: str, role_arn: str) -> t
     }
     iot.create_topic_rule(ruleName=rule_name, topicRulePayload=payload)
     return rule_name, queue_url
-
-
-def stdout_follow(enabled: bool) -> TextIO | None:
-    return sys.stdout if enabled else None

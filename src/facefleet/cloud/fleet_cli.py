@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
@@ -228,7 +229,7 @@ def register(sub) -> None:
     d.add_argument("--no-rollback", action="store_true", help="leave failed devices as they are (default: ROLLBACK)")
     d.add_argument("--dry-run", action="store_true", help="print the CreateDeployment request; change nothing")
     d.add_argument("--watch", action="store_true", help="follow the IoT job; exit non-zero if it is aborted or fails")
-    d.add_argument("--poll-s", type=float, default=10.0, help=argparse_suppress())
+    d.add_argument("--poll-s", type=float, default=10.0, help=argparse.SUPPRESS)
     d.set_defaults(func=_validated(cmd_deploy), session=None)
 
     e = sub.add_parser("events", help="consume match events (MQTT or SQS), or: events schema | events setup-rule")
@@ -244,7 +245,7 @@ def register(sub) -> None:
     e.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     e.add_argument("--connect-timeout", type=float, default=15.0)
     e.add_argument("--client-id", help="MQTT client id; keep it stable so the broker holds events while you are away")
-    e.add_argument("--sqs-wait", type=int, default=10, help=argparse_suppress())
+    e.add_argument("--sqs-wait", type=int, default=10, help=argparse.SUPPRESS)
     e.set_defaults(func=cmd_events, session=None)
     esub = e.add_subparsers(dest="events_command", required=False, parser_class=type(e))
     esub.add_parser("schema", help="print the JSON Schema events satisfy").set_defaults(func=cmd_events_schema)
@@ -254,12 +255,6 @@ def register(sub) -> None:
     r.add_argument("--role-arn", required=True, help="IAM role AWS IoT assumes to send to SQS")
     r.add_argument("--region")
     r.set_defaults(func=cmd_setup_rule, session=None)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _validated(fn):

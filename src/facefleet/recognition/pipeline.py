@@ -76,7 +76,7 @@ class FacePipeline:
         """Switch models atomically (between frames). The gallery index must match the recognizer."""
         if index.fingerprint != recognizer.fingerprint:
             raise ValueError("gallery index was embedded with another recognizer")
-        if getattr(self, "recognizer", None) is not None and self.recognizer.fingerprint != recognizer.fingerprint:
+        if self.recognizer is not None and self.recognizer.fingerprint != recognizer.fingerprint:
             # open tracks keep their boxes; evidence from the old model lives in another space
             self.tracker.restart_evidence()
         rc = self.cfg.recognition

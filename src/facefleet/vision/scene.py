@@ -21,8 +21,8 @@ class CutDetector:
     def is_cut(self, image: np.ndarray) -> bool:
         if self.threshold <= 0:
             return False
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        thumb = cv2.resize(gray, self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        small = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)  # shrink first: convert 576 pixels, not the frame
+        thumb = (small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)).astype(np.float32)
         prev, self._prev = self._prev, thumb
         return prev is not None and float(np.abs(thumb - prev).mean()) >= self.threshold
 
