@@ -55,9 +55,11 @@ def cmd_deploy(args) -> int:
         print(f"deployment {resp['deploymentId']} created (IoT job {resp.get('iotJobId')})")
         if not args.watch:
             return 0
-        ok = watch(iot, resp["iotJobId"], print, interval_s=args.poll_s)
+        ok = watch(iot, resp["iotJobId"], print, interval_s=args.poll_s, gg=gg, deployment_id=resp["deploymentId"],
+                   thing_group=args.thing_group)
         if not ok:
-            raise FacefleetError(f"deployment {resp['deploymentId']} did not complete cleanly")
+            raise FacefleetError(f"deployment {resp['deploymentId']} failed or was cancelled on some devices")
+        print(f"deployment {resp['deploymentId']}: every device in {args.thing_group} has {component} {args.version}")
         return 0
 
     return run()
