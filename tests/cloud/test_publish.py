@@ -34,13 +34,14 @@ def _hef_spec(onnx_spec, hef: Path, fidelity: dict | None) -> dict:
     return d
 
 
-@pytest.fixture
-def build_dir(tmp_path, assets):
-    """The real build script (what 'gdk component build' runs) on a model folder with HEFs."""
+def model_dir(tmp_path: Path, assets: Path) -> Path:
+    """The model files the recipe names: the ONNX fallback and HEF stand-ins with their ModelSpecs
+    (the recognizer's with a passed fidelity gate)."""
     models = tmp_path / "models"
-    models.mkdir()
+    models.mkdir(exist_ok=True)
     for name in ("det_500m.onnx", "w600k_mbf_fp32.onnx"):
-        (models / name).symlink_to(assets / "models" / name)
+        if not (models / name).exists():
+            (models / name).symlink_to(assets / "models" / name)
     specs = {"scrfd_2.5g": resolve_model(assets / "models" / "scrfd_2.5g_rawheads.onnx").spec,
              "w600k_mbf": resolve_model(assets / "models" / "w600k_mbf_fp32.onnx").spec}
     for stem, spec in specs.items():
@@ -48,13 +49,22 @@ def build_dir(tmp_path, assets):
         hef.write_bytes(f"HEF stand-in for {stem}".encode() * 1000)
         fidelity = {"passed": True, "recommended": {"match_threshold": 0.43}} if spec.kind == "recognizer" else None
         (models / f"{stem}.json").write_text(json.dumps(_hef_spec(spec, hef, fidelity)))
-    wheel = tmp_path / "facefleet.whl"
-    wheel.write_bytes(b"PK wheel stand-in" * 100)
-    out = tmp_path / "greengrass-build"
+    return models
+
+
+def gdk_build(out: Path, models: Path, wheel: Path) -> Path:
+    """The real build script (what 'gdk component build' runs)."""
     r = subprocess.run([sys.executable, str(ROOT / "build" / "gdk_build.py"), "--out", str(out), "--model-dir", str(models),
                         "--wheel", str(wheel)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture
+def build_dir(tmp_path, assets):
+    wheel = tmp_path / "facefleet.whl"
+    wheel.write_bytes(b"PK wheel stand-in" * 100)
+    return gdk_build(tmp_path / "greengrass-build", model_dir(tmp_path, assets), wheel)
 
 
 def _gg(session, existing: list[str], latest_recipe: dict | None = None):

@@ -268,7 +268,7 @@ class Nucleus:
                 install = self._script("Install")
                 if install:
                     r = subprocess.run(["sh", "-c", install], capture_output=True, text=True, timeout=900,
-                                       env={**os.environ, **self.env})
+                                       env={"PATH": os.defpath, **self.env})  # the nucleus's env, not ours
                     if r.returncode != 0:
                         raise ProcessError(f"Install exited {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}")
                 self.state = "STARTING"
