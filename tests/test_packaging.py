@@ -74,6 +74,19 @@ def test_recipe_manifests_and_lifecycle(recipe):
     assert recipe["ComponentDependencies"]["aws.greengrass.Nucleus"]["VersionRequirement"] == ">=2.6.0"
 
 
+def test_install_reinstalls_exactly_the_component_versions_wheel(recipe):
+    """Issue 10 item 3 (the script itself runs in tests/greengrass/test_deployment_acceptance.py):
+    the stamp is per component version (its artifacts folder) and wheel digest, not the package
+    version every component version shares; item 12: numpy stays < 2 where HailoRT is present."""
+    scripts = {m["Lifecycle"]["Install"]["Script"] for m in recipe["Manifests"]}
+    assert len(scripts) == 1  # one Install for every platform
+    (script,) = scripts
+    assert "basename \"{artifacts:path}\"" in script and "sha256sum" in script
+    assert "--force-reinstall --no-deps" in script
+    assert 'import hailo_platform' in script and 'PIN="numpy<2"' in script
+    assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0  # valid POSIX sh
+
+
 def test_default_configuration_uses_the_shared_schema(recipe):
     default = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     cfg = parse_component_config(default, "(recipe DefaultConfiguration)")

@@ -93,7 +93,7 @@ class Fleet:
                             version=version, latest=self.latest, merge=merge or {}, reset=list(reset),
                             policy=RolloutPolicy())
         self.latest = {"components": req["components"]}
-        return req["components"][COMPONENT]["configurationUpdate"], req["deploymentPolicies"]["failureHandlingPolicy"]
+        return req["components"][COMPONENT].get("configurationUpdate"), req["deploymentPolicies"]["failureHandlingPolicy"]
 
     def fetch(self, uri: str) -> bytes:
         bucket, key = uri[len("s3://"):].split("/", 1)
