@@ -1,10 +1,12 @@
 """facefleet deploy: revise the latest deployment, carry the policies and the configuration, watch the job.
 
-greengrassv2 and the IoT job are botocore Stubbers: every response is checked against botocore's
-service models (botocore/data/greengrassv2/2020-11-30 and iot/2015-05-28 service-2.json), and
-shaped like the real service's: a thing-group deployment is a CONTINUOUS job that stays
-IN_PROGRESS (iot TargetSelection CONTINUOUS; "Continuous jobs ... never complete", AWS IoT
-Developer Guide, Jobs > Continuous jobs), judged per device execution (JobExecutionStatus).
+greengrassv2 and the IoT job are botocore Stubbers: every response is checked against botocore
+1.44.8's service models (botocore/data/greengrassv2/2020-11-30 and iot/2015-05-28
+service-2.json: Job, JobProcessDetails, JobExecutionSummaryForJob, EffectiveDeployment,
+GetDeploymentResponse), and shaped like the real service's: a thing-group deployment is a
+CONTINUOUS job (AWS IoT API reference, Job/JobSummary targetSelection: a continuous job "will
+continue to run" and runs on things added to the group later; AssociateTargetsWithJob requires
+it IN_PROGRESS), so it stays IN_PROGRESS and is judged per device execution (JobExecutionStatus).
 """
 
 import json
