@@ -54,6 +54,7 @@ events on pool threads, concurrently with its own calls.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -204,11 +205,8 @@ class _Connection:
 
     def send(self, msg: es.Message) -> None:
         data = es.encode(msg)
-        with self._send_lock:
-            try:
-                self.sock.sendall(data)
-            except OSError:
-                pass
+        with self._send_lock, contextlib.suppress(OSError):
+            self.sock.sendall(data)
 
     def _recv_exactly(self, n: int) -> bytes:
         buf = b""
@@ -326,10 +324,8 @@ class Nucleus:
         with self._lock:
             conns = list(self._connections)
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for p in Path(self._dir).glob("*"):
             p.unlink()
         os.rmdir(self._dir)
