@@ -12,7 +12,6 @@ import sys
 import pytest
 from greengrass.nucleus import Nucleus
 
-from facefleet.component.devices import DeviceCheck
 from facefleet.errors import FacefleetError
 from facefleet.events import ErrorEvent, to_json
 
@@ -85,6 +84,8 @@ def test_device_files_ggc_user_cannot_open_fail_the_start_with_the_fix(tmp_path,
     stand-in file, mode 000, and an access check playing a non-root user) fails the start with
     ERRORED and the exact command; the same for the Hailo device."""
     import grp
+
+    from facefleet.component.devices import DeviceCheck
 
     video = tmp_path / "video0"
     video.write_bytes(b"")
