@@ -12,7 +12,7 @@ Every behaviour below cites aws-greengrass/aws-greengrass-nucleus at tag v2.18.2
   CONNECT_ACK without CONNECTION_ACCEPTED (N: eventstreamrpc/ServiceOperationMappingContinuationHandler.java:84-127).
 - A response closes a non-streaming operation's stream (TERMINATE_STREAM on the response); a
   modeled error is an APPLICATION_ERROR with TERMINATE_STREAM (N: eventstreamrpc/OperationContinuationHandler.java:234-281);
-  any other exception becomes ServiceError with its message (N: ipc/common/ExceptionUtil.java:26-37).
+  any other exception becomes ServiceError with its message (N: ipc/common/ExceptionUtil.java:31-40).
   Closing a stream from the server side is an empty APPLICATION_MESSAGE with TERMINATE_STREAM
   (N: OperationContinuationHandler.java:204-212).
 - Authorization of IoT Core topics: PublishToIoTCore / SubscribeToIoTCore against the component's
@@ -38,7 +38,8 @@ Every behaviour below cites aws-greengrass/aws-greengrass-nucleus at tag v2.18.2
 - GetConfiguration: unknown component or key -> ResourceNotFoundError("Key not found"); a leaf is
   returned as ``{name: value}`` (N: builtin/services/configstore/ConfigStoreIPCEventStreamAgent.java:186-227).
 - SubscribeToConfigurationUpdate: ONE event per changed leaf, its key path relative to
-  ``configuration`` (ConfigStoreIPCEventStreamAgent.java:431-464).
+  ``configuration`` (ConfigStoreIPCEventStreamAgent.java:431-464), sent after the whole merge is
+  in place (N: deployment/activator/DeploymentActivator.java:101, config/Topic.java:260).
 - SendConfigurationValidityReport only for an outstanding validation request, else
   InvalidArgumentsError("Validation request either timed out or was never made")
   (ConfigStoreIPCEventStreamAgent.java:135-158).
@@ -340,25 +341,26 @@ class Nucleus:
             return [s for c in self._connections for s in list(c.streams.values()) if s.kind == kind and s.open]
 
     def set_configuration(self, configuration: dict) -> list[tuple]:
-        """Change the component's configuration leaf by leaf, one update event per leaf, in the
-        order a deployment merge visits them. Returns the changed key paths."""
+        """Replace the component's configuration as a deployment does: the whole merge is one
+        task on the nucleus's publish queue (N: deployment/activator/DeploymentActivator.java:101),
+        and each changed leaf queues its own change notification behind it (N: config/Topic.java:260),
+        so every leaf is in place before the first update event, then ONE event per changed or
+        removed leaf. Returns the changed key paths."""
         new = _leaves(self._resolve(configuration))
         with self._lock:
             cfg = self.config[self.component]
             old = _leaves(cfg)
-        changed = []
-        for path, value in new.items():
-            if path not in old or old[path] != value:
-                with self._lock:
+            changed = []
+            for path, value in new.items():
+                if path not in old or old[path] != value:
                     _set(cfg, path, value)
-                changed.append(path)
-                self._config_event(path)
-        for path in old:
-            if path not in new and not any(p[:len(path)] == path for p in new):
-                with self._lock:
+                    changed.append(path)
+            for path in old:
+                if path not in new and not any(p[:len(path)] == path for p in new):
                     _remove(cfg, path)
-                changed.append(path)
-                self._config_event(path)
+                    changed.append(path)
+        for path in changed:
+            self._config_event(path)
         return changed
 
     def _config_event(self, path: tuple) -> None:
