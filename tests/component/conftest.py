@@ -4,9 +4,9 @@ talking to the wire-level nucleus stand-in through the real IPC client."""
 from __future__ import annotations
 
 import pytest
-from greengrass.nucleus import Nucleus
 
 from facefleet.component.service import Component
+from greengrass.nucleus import Nucleus
 
 from .broker import Broker, Collector, mosquitto_binary
 

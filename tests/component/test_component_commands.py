@@ -130,7 +130,7 @@ def test_component_update_is_deferred_during_a_swap_or_enrollment(component):
 def test_ipc_errors_reach_events_with_their_message(component):
     """Issue 10 item 13: the nucleus's answer is in the error's ``message`` field (str() of the
     SDK's error shapes is empty). A late answer to a pre-update is refused by the nucleus."""
-    comp, nucleus = component
+    _comp, nucleus = component
     assert nucleus.push_component_update("dep-late", timeout=0) is None  # the nucleus stops waiting at once
     assert wait_until(lambda: nucleus.events("error"), 20)
     message = nucleus.events("error")[0]["message"]

@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from greengrass.nucleus import Nucleus
 
 from facefleet.errors import FacefleetError
 from facefleet.events import ErrorEvent, to_json
+from greengrass.nucleus import Nucleus
 
 from .helpers import base_config, wait_until
 
