@@ -156,3 +156,17 @@ def test_errored_when_it_cannot_serve(greengrass, assets):
     with pytest.raises(FacefleetError, match="not found"):
         comp.start()
     assert nucleus.states == ["ERRORED"]
+
+
+def test_a_long_list_reply_is_cut_to_fit_iot_core(component):
+    """Issue 10 item 8: a `list` reply over 128 KiB could never be delivered; it is cut to fit,
+    says how many there are, and arrives."""
+    comp, nucleus = component
+    names = [f"person-{i:05d}-" + "x" * 100 for i in range(3000)]  # ~350 KB of names
+    comp.gallery.names = lambda: names
+    nucleus.push_iot_message(CMD, json.dumps({"command": "list", "request_id": "long"}))
+    assert wait_until(lambda: nucleus.events("command_result"), 20), (comp.spool.depth, comp.spool.dead_letters)
+    reply = nucleus.events("command_result")[0]
+    assert reply["ok"] and "3000 identities" in reply["message"] and "listed" in reply["message"]
+    assert 0 < len(reply["identities"]) < 3000 and reply["identities"] == names[:len(reply["identities"])]
+    assert comp.spool.dead_letters == 0

@@ -7,6 +7,7 @@ cameras keep running on the models they have.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -26,6 +27,20 @@ from facefleet.events import CommandResultEvent, ErrorEvent, Models, StatusEvent
 from facefleet.runtime import BackendPool
 
 log = logging.getLogger(__name__)
+
+LIST_REPLY_BUDGET = IOT_CORE_MAX_PAYLOAD - 8192  # room for the rest of the command_result event
+
+
+def names_that_fit(names: list[str], budget: int) -> list[str]:
+    """The leading names whose JSON fits ``budget`` bytes: a reply IoT Core cannot carry would
+    only be set aside, so a long list is cut (and says so) instead."""
+    out, size = [], 0
+    for n in names:
+        size += len(json.dumps(n)) + 2
+        if size > budget:
+            break
+        out.append(n)
+    return out
 
 
 class Component:
@@ -376,7 +391,12 @@ class Component:
         from facefleet.recognition.loader import gallery_index, largest_face_crop
 
         if isinstance(cmd, ListIds):
-            return f"{len(self.gallery.names())} identities", self.gallery.names()
+            names = self.gallery.names()
+            shown = names_that_fit(names, LIST_REPLY_BUDGET)
+            if len(shown) < len(names):
+                return (f"{len(names)} identities, the first {len(shown)} listed (a reply must fit IoT Core's 128 KiB "
+                        "payload)"), shown
+            return f"{len(names)} identities", names
         with self._apply_lock, self.busy():
             name = validate_name(cmd.name)
             if isinstance(cmd, Enroll):
