@@ -210,5 +210,11 @@ def test_streams_the_nucleus_closes_are_resubscribed(greengrass, assets):
         nucleus.set_configuration({**cfg, "status_interval_s": 7})
         assert wait_until(lambda: comp.cfg.status_interval_s == 7, 20)
         assert any("re-subscribing" in e["message"] for e in nucleus.events("error"))
+        # a stream error (on_stream_error, then the stream ends) is re-subscribed the same way
+        before = comp.subscriptions.reopened
+        assert nucleus.fail_streams("iot") == 1
+        assert wait_until(lambda: comp.subscriptions.reopened > before and nucleus.subscribed_topics(), 20)
+        assert nucleus.push_iot_message("facefleet/thing-1/commands", json.dumps({"command": "list", "request_id": "b"})) == 1
+        assert wait_until(lambda: len(nucleus.events("command_result")) == 2, 20)
     finally:
         comp.stop()

@@ -428,6 +428,14 @@ class Nucleus:
             s.close()
         return len(streams)
 
+    def fail_streams(self, kind: str, error=None) -> int:
+        """A stream error: a modeled error on an open subscription, which also ends it
+        (OperationContinuationHandler.sendModeledError, TERMINATE_STREAM)."""
+        streams = self._streams(kind)
+        for s in streams:
+            self._send_error(s, error or model.ServiceError(message="stream failed"))
+        return len(streams)
+
     def subscribed_topics(self) -> list[str]:
         return [s.topic for s in self._streams("iot")]
 
