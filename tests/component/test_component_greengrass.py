@@ -107,6 +107,9 @@ def test_device_files_ggc_user_cannot_open_fail_the_start_with_the_fix(tmp_path,
         assert expected in str(err.value)
     else:
         assert "a udev rule" in str(err.value) and expected in problems[0]
+    # a proposed configuration naming that device is rejected with the same fix
+    ok, message = comp.validate(cfg)
+    assert not ok and f"ggc_user cannot open {video}" in message and "fix:" in message
     # a user who may open the device: no problem
     assert DeviceCheck(access=lambda path, mode: True, video_path=str(tmp_path / "video{}")).problems(comp.cfg) == []
 

@@ -173,9 +173,11 @@ class _Stream:
         self.topic: str | None = None
         self.key_path: tuple = ()
         self.pending_kind: str | None = None
+        self.responded = threading.Event()  # events only after the subscription's response
         self.open = True
 
     def send_event(self, shape) -> None:
+        self.responded.wait(10)
         if self.open:
             self.conn.send(es.rpc(es.APPLICATION_MESSAGE, self.id, 0, _shape_headers(shape), _json(shape)))
 
@@ -392,14 +394,18 @@ class Nucleus:
                 self._validations.pop((self.component, deployment_id), None)
 
     def push_component_update(self, deployment_id: str = "dep-2", timeout: float = 10.0):
-        """Send a PreComponentUpdateEvent; return the DeferComponentUpdateRequest (or None)."""
+        """Send a PreComponentUpdateEvent; return the DeferComponentUpdateRequest (or None).
+        ``timeout=0``: the nucleus's wait is already over when the component answers."""
         fut: Future = Future()
         with self._lock:
-            self._pre_updates[(self.component, deployment_id)] = fut
+            if timeout > 0:
+                self._pre_updates[(self.component, deployment_id)] = fut
         ev = model.ComponentUpdatePolicyEvents(pre_update_event=model.PreComponentUpdateEvent(
             deployment_id=deployment_id, is_ggc_restarting=False))
         for s in self._streams("component"):
             s.send_event(ev)
+        if timeout <= 0:
+            return None
         try:
             return fut.result(timeout)
         except FutureTimeout:
@@ -475,14 +481,14 @@ class Nucleus:
             self._send_error(stream, model.ServiceError(message=str(e)))
             return
         streaming = op._response_stream_type() is not None
+        if streaming:
+            stream.kind = stream.pending_kind  # visible now; events wait for the response (``responded``)
         stream.conn.send(es.rpc(es.APPLICATION_MESSAGE, stream.id, 0 if streaming else es.TERMINATE_STREAM,
                                 _shape_headers(response), _json(response)))
+        stream.responded.set()
         if not streaming:
             stream.open = False
             stream.conn.streams.pop(stream.id, None)
-        else:
-            stream.kind = stream.pending_kind  # "active" only after the response was sent
-        return
 
     def _send_error(self, stream: _Stream, err) -> None:
         self.errors_sent.append((stream.operation, err._model_name()))

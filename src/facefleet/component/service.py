@@ -225,6 +225,7 @@ class Component:
         ignored: list[str] = []
         try:
             cfg = parse_component_config(data, "(proposed)", ignored)
+            self.devices.require(cfg)  # a camera or Hailo device ggc_user cannot open: rejected with the fix
             paths = model_paths(cfg, self.artifacts, self.environ)
             for a in cfg.gallery_archives:
                 # a name already in force may be gone (another version's artifacts folder): its crops
