@@ -161,14 +161,19 @@ def test_mqtt_every_event_once_across_a_broker_restart(broker, tmp_path):
 def test_cli_consumes_and_reports_unreachable(broker, tmp_path, cli_env):
     out = tmp_path / "ev.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "facefleet", "events", "--broker", "127.0.0.1", "--port", str(broker.port),
-                             "--out", str(out), "--follow", "--duration", "8", "--client-id", "ff-cli-consumer"],
+                             "--out", str(out), "--follow", "--duration", "6", "--client-id", "ff-cli-consumer"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
     pub = Publisher(broker.port)
     try:
-        time.sleep(2.5)  # the consumer subscribes
+        head = []
+        for line in proc.stderr:  # publish once the consumer says it is subscribed, not after a guessed delay
+            head.append(line)
+            if "subscribed to" in line:
+                break
         for i in range(5):
             pub.publish(to_json(match_event(i)))
         stdout, stderr = proc.communicate(timeout=30)
+        stderr = "".join(head) + stderr
     finally:
         pub.stop()
     assert proc.returncode == 0, stderr
