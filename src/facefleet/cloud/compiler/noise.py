@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facefleet.cloud.build.quantize import model_input, prepared_float, quantize_static_onnx
+from facefleet.cloud.compiler.quantize import model_input, prepared_float, quantize_static_onnx
 from facefleet.modelspec import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ def run_noise(model_path: Path, faces: Path, out_dir: Path, *, detector_path: Pa
     import json
     import os
 
-    from facefleet.cloud.build.calibration import _pick
-    from facefleet.cloud.build.faces import aligned_at, face_photos
+    from facefleet.cloud.compiler.calibration import _pick
+    from facefleet.cloud.compiler.faces import aligned_at, face_photos
     from facefleet.modelspec import resolve_model
     from facefleet.recognition.models import Detector
     from facefleet.runtime.onnx import OnnxBackend

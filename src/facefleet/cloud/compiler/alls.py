@@ -6,7 +6,7 @@ the zoo's face-model scripts, so the script says exactly what this build chose.
 
 from __future__ import annotations
 
-from facefleet.cloud.build.spec import BuildSpec
+from facefleet.cloud.compiler.spec import BuildSpec
 
 
 def _num(x: float) -> str:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from facefleet.cloud.build.calibration import build_calibration
-from facefleet.cloud.build.faces import aligned_at, face_photos
-from facefleet.cloud.build.spec import Roots, parse_build_spec
+from facefleet.cloud.compiler.calibration import build_calibration
+from facefleet.cloud.compiler.faces import aligned_at, face_photos
+from facefleet.cloud.compiler.spec import Roots, parse_build_spec
 from facefleet.errors import FacefleetError
 
 SPECS = Path(__file__).parents[2] / "build" / "specs"

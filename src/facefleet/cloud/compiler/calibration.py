@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facefleet.cloud.build.faces import aligned_at, face_photos, list_images, read_bgr
-from facefleet.cloud.build.spec import BuildSpec, Roots
+from facefleet.cloud.compiler.faces import aligned_at, face_photos, list_images, read_bgr
+from facefleet.cloud.compiler.spec import BuildSpec, Roots
 from facefleet.errors import FacefleetError
 from facefleet.recognition.models import Detector
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facefleet import __version__
-from facefleet.cloud.build.alls import render_alls
-from facefleet.cloud.build.calibration import build_calibration
-from facefleet.cloud.build.dfc import Compiler, open_compiler
-from facefleet.cloud.build.spec import BuildSpec, Roots, load_build_spec
+from facefleet.cloud.compiler.alls import render_alls
+from facefleet.cloud.compiler.calibration import build_calibration
+from facefleet.cloud.compiler.dfc import Compiler, open_compiler
+from facefleet.cloud.compiler.spec import BuildSpec, Roots, load_build_spec
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import sha256_file
 

@@ -1,4 +1,4 @@
-"""``facefleet build hef`` through the DFC double (tests/build/doubles/hailo_sdk_client)."""
+"""``facefleet build hef`` through the DFC double (tests/compiler/doubles/hailo_sdk_client)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from facefleet.cloud.build.hef import build_hef
-from facefleet.cloud.build.spec import Roots
+from facefleet.cloud.compiler.hef import build_hef
+from facefleet.cloud.compiler.spec import Roots
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import ModelSpec, sha256_file
 
@@ -185,7 +185,7 @@ def test_cli_build_hef_smoke(tmp_path, cli_env, small_spec):
 
 def test_cli_compiler_runs_the_hailo_commands_in_a_container(tmp_path):
     """The CLI path: parser onnx -> optimize -> compiler, each inside the Software Suite image."""
-    from facefleet.cloud.build.dfc import CliCompiler
+    from facefleet.cloud.compiler.dfc import CliCompiler
 
     calls = []
 
@@ -221,7 +221,7 @@ def test_cli_compiler_runs_the_hailo_commands_in_a_container(tmp_path):
 
 
 def test_cli_compiler_failure_is_one_line(tmp_path):
-    from facefleet.cloud.build.dfc import CliCompiler
+    from facefleet.cloud.compiler.dfc import CliCompiler
 
     def run(cmd, cwd, capture_output, text):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback...\nUnsupportedOperationError: Softmax_5")
