@@ -49,13 +49,30 @@ def hefs(tmp_path_factory, assets, hailo_calibration):
     return {"det": det, "rec": rec, "dir": d}
 
 
+@pytest.fixture(params=pyhailort.SURFACES)
+def surface(request):
+    """Each HailoRT line the backend supports (the double's surfaces): 4.18.0, 4.20.1, 4.23.0."""
+    before = ".".join(map(str, pyhailort.DOUBLE.version))
+    pyhailort.use_surface(request.param)
+    yield request.param
+    pyhailort.use_surface(before)
+
+
+_KNOBS = ("devices", "arch", "held_by_other_process", "service_running", "temperature", "throttling", "latency_s",
+          "fail_next_jobs", "fail_status")
+
+
 @pytest.fixture
 def machine():
     """The double's simulated machine; restored after the test."""
     m = pyhailort.DOUBLE
-    saved = (list(m.devices), m.arch, m.held_by_other_process, m.latency_s)
+    saved = {k: getattr(m, k) for k in _KNOBS}
+    m.warnings.clear()
     yield m
-    m.devices, m.arch, m.held_by_other_process, m.latency_s = saved
+    m.release_stalled()
+    m.unstall()
+    for k, v in saved.items():
+        setattr(m, k, list(v) if isinstance(v, list) else v)
 
 
 @pytest.fixture

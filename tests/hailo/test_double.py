@@ -20,6 +20,9 @@ from hailo_platform.pyhailort.pyhailort import (
 )
 
 
+pytestmark = pytest.mark.usefixtures("surface")  # every test on every HailoRT surface
+
+
 def _scheduled() -> VDevice:
     params = VDevice.create_params()
     params.scheduling_algorithm = HailoSchedulingAlgorithm.ROUND_ROBIN
