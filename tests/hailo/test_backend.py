@@ -18,7 +18,6 @@ from facefleet.runtime.hailo import HailoBackend, hef_spec, scrfd_heads_by_shape
 
 from .hailo_hefs import ARCFACE, SCRFD_2_5G, TWIN_NORM, catalog_spec, with_sidecar, write_hef
 
-
 pytestmark = pytest.mark.usefixtures("surface")  # every test on every HailoRT surface
 
 

@@ -19,7 +19,6 @@ from hailo_platform.pyhailort.pyhailort import (
     InferModel,
 )
 
-
 pytestmark = pytest.mark.usefixtures("surface")  # every test on every HailoRT surface
 
 
