@@ -31,7 +31,9 @@ def test_spec_from_hef_maps_heads_by_shape(hefs):
     assert d.scores == ("scrfd_2_5g/conv42", "scrfd_2_5g/conv49", "scrfd_2_5g/conv55")
     assert d.bbox == ("scrfd_2_5g/conv43", "scrfd_2_5g/conv50", "scrfd_2_5g/conv56")
     assert d.kps == ("scrfd_2_5g/conv44", "scrfd_2_5g/conv51", "scrfd_2_5g/conv57")
-    assert d.heads_order == "NHWC" and d.layout == "raw_heads" and d.bbox_scales == (0.8807, 0.9315, 1.1424)
+    # item 4: the zoo HEF has the bbox scale inside (its end nodes are the Mul): none on the host
+    assert d.heads_order == "NHWC" and d.layout == "raw_heads" and d.bbox_scales is None
+    assert spec.provenance["bbox_scale"] == "in_hef"
     rec = resolve_model(hefs["rec"]).spec.recognizer
     assert rec.output == "arcface_mobilefacenet/fc1" and rec.embedding_size == 512
 
@@ -108,7 +110,9 @@ def test_batch_equals_single_runs(hailo_models, people):
     assert rec.infer_seconds > 0 and norms.min() > 1
 
 
-def test_detector_on_hailo_matches_onnx_twin(hailo_models, clip_frames, load_detector):
+def test_item4_zoo_scrfd_hef_boxes_match_onnx_without_double_scaling(hailo_models, clip_frames, load_detector):
+    """Item 4: the zoo HEF computes the bbox scale inside; its spec (from ``hef_spec`` with the
+    raw-heads template) must not scale again, or boxes shrink/grow by -12/-7/+14 % per stride."""
     _, det, _ = hailo_models
     hailo = Detector(det)
     onnx = load_detector("scrfd_2.5g_rawheads")

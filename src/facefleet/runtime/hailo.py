@@ -107,12 +107,20 @@ def scrfd_heads_by_shape(outputs: dict[str, tuple[int, ...]], in_h: int, in_w: i
     return tuple(heads[0]), tuple(heads[1]), tuple(heads[2])
 
 
-def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = None) -> ModelSpec:
+def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = None,
+                  bbox_scales_on_host: bool = False) -> ModelSpec:
     """The ModelSpec of a HEF: edges from the HEF, everything else from ``template``.
 
     The template is the spec of the model the HEF was compiled from (its ONNX catalog entry)
-    or a zoo entry: it holds what a HEF does not (strides, anchors, bbox scales, whether scores
-    are logits, the match threshold, the colour order it was trained in).
+    or a zoo entry: it holds what a HEF does not (strides, anchors, whether scores are logits,
+    the match threshold, the colour order it was trained in).
+
+    SCRFD bbox scales are NOT taken from the template unless ``bbox_scales_on_host``: the zoo's
+    HEFs end at the ``Mul`` after each box conv (hailo_model_zoo cfg/networks/scrfd_2.5g.yaml
+    ``Mul_116``, scrfd_10g.yaml ``Mul_113``), so the scale is inside and applying it again
+    shrinks/grows boxes by -12/-7/+14 % per stride. Only a HEF compiled from a raw-heads export
+    cut at the box conv (e.g. ``facefleet build`` of scrfd_2.5g_rawheads, which writes its own
+    spec) needs them on the host.
     """
     if len(io.input_shape) != 3 or io.input_shape[2] != 3:
         raise FacefleetError(f"HEF {file}: input {io.input_name} has shape {list(io.input_shape)}, expected (h, w, 3)")
@@ -120,14 +128,17 @@ def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = 
     inp = InputSpec(name=io.input_name, width=w, height=h, layout="NHWC", color=template.input.color, dtype="uint8",
                     max_batch=template.input.max_batch if template.kind == "recognizer" else 1,
                     size_multiple=template.input.size_multiple)
+    provenance = {**template.provenance, "spec_from_hef": {"template": template.name}}
     update: dict = {"name": name or template.name, "format": "hef", "file": file, "sha256": None, "input": inp,
-                    "normalization": None,
-                    "provenance": {**template.provenance, "spec_from_hef": {"template": template.name}}}
+                    "normalization": None, "provenance": provenance}
     if template.kind == "detector":
         d = template.detector
         scores, bbox, kps = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
+        scales = d.bbox_scales if bbox_scales_on_host else None
+        if d.bbox_scales is not None:
+            provenance["bbox_scale"] = "on_host" if bbox_scales_on_host else "in_hef"
         update["detector"] = d.model_copy(update={"layout": "raw_heads", "scores": scores, "bbox": bbox, "kps": kps,
-                                                  "heads_order": "NHWC"})
+                                                  "heads_order": "NHWC", "bbox_scales": scales})
     else:
         flat = {n: s for n, s in io.outputs.items() if len(s) == 1}
         if len(flat) != 1:
@@ -158,6 +169,9 @@ def check_spec(spec: ModelSpec, io: HefIO) -> None:
         if d.layout != "raw_heads" or d.heads_order != "NHWC":
             raise FacefleetError(f"{where}: a HEF returns raw heads channel-last: detector layout must be raw_heads, "
                                  f"heads_order NHWC")
+        if d.bbox_scales is not None and spec.provenance.get("bbox_scale") == "in_hef":
+            raise FacefleetError(f"{where}: the bbox scale is inside this HEF (provenance.bbox_scale: in_hef); "
+                                 f"detector.bbox_scales must be null, or boxes are scaled twice")
         by_shape = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
         for what, named, found in zip(("scores", "bbox", "kps"), (d.scores, d.bbox, d.kps), by_shape, strict=True):
             if tuple(named) != found:
@@ -173,7 +187,8 @@ def check_spec(spec: ModelSpec, io: HefIO) -> None:
                                  f"spec says embedding_size {r.embedding_size}")
 
 
-def hef_spec(hef_path: str | Path, template: ModelSpec, name: str | None = None) -> ModelSpec:
+def hef_spec(hef_path: str | Path, template: ModelSpec, name: str | None = None,
+             bbox_scales_on_host: bool = False) -> ModelSpec:
     """Build the spec of a HEF file from its introspection plus ``template`` (no device needed)."""
     hp, _ = _import()
     path = Path(hef_path)
@@ -183,7 +198,7 @@ def hef_spec(hef_path: str | Path, template: ModelSpec, name: str | None = None)
         hef = hp.HEF(str(path))
     except Exception as e:
         raise FacefleetError(f"cannot read HEF {path}: {_one_line(e)}") from None
-    return spec_from_hef(hef_io(hef), template, path.name, name)
+    return spec_from_hef(hef_io(hef), template, path.name, name, bbox_scales_on_host)
 
 
 # --- the device -----------------------------------------------------------------------------
@@ -672,7 +687,7 @@ def _cmd_spec(args) -> int:
     out = args.out or args.hef.with_suffix(".json")
     if out.exists() and not args.force:
         raise FacefleetError(f"{out} exists (use --force to replace it)")
-    spec = hef_spec(args.hef, _template(args.template), args.name)
+    spec = hef_spec(args.hef, _template(args.template), args.name, args.bbox_scales_on_host)
     out.write_text(spec.model_dump_json(indent=1, exclude={"sha256"}) + "\n")
     print(f"{out}: {spec.kind} {spec.name}, input {spec.input.name} {spec.input.width}x{spec.input.height}")
     return 0
@@ -689,6 +704,9 @@ def register(subparsers) -> None:
     s.add_argument("--name", help="model name in the spec (default: the template's)")
     s.add_argument("--out", type=Path, help="where to write (default: the sidecar <hef>.json)")
     s.add_argument("--force", action="store_true", help="replace an existing file")
+    s.add_argument("--bbox-scales-on-host", action="store_true",
+                   help="keep the template's SCRFD bbox_scales: only for a HEF cut at the box conv (the scale is NOT "
+                        "inside it). Zoo HEFs have it inside: leave this off")
     s.set_defaults(func=_cmd_spec)
 
 
