@@ -294,7 +294,7 @@ def test_cli_har_is_read_for_its_layer_names(tmp_path):
     assert got.net == "m" and got.input == "m/input_layer1" and got.outputs == {"m/conv1": (8, 8, 2)}
     assert got.original["m/conv1"] == ["Conv_1"]
     (tmp_path / "bad.har").write_bytes(b"har")
-    with pytest.raises(FacefleetError, match="cannot read HAR bad.har"):
+    with pytest.raises(FacefleetError, match=r"cannot read HAR bad\.har"):
         read_har(tmp_path / "bad.har")
 
 

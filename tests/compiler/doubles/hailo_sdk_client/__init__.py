@@ -288,6 +288,13 @@ class ClientRunner:
             for ref in _HAR_NAME.findall(m.group(3)):
                 if ref not in known:
                     raise ValueError(f"Model script: layer {ref} does not exist in {self.model_name}")
+            if m.group(2) == "change_output_activation":
+                layer = _split_args(m.group(3))[0]
+                outputs = {x.split("/", 1)[1] for v in self.get_hn()["layers"].values() if v["type"] == "output_layer"
+                           for x in v["input"]}
+                if layer not in outputs:  # the command changes an OUTPUT layer's activation
+                    raise ValueError(f"Model script: change_output_activation: {layer} is not an output layer of "
+                                     f"{self.model_name} (outputs: {sorted(outputs)})")
             lines.append(line)
         self._script_lines = ([*self._script_lines, *lines]) if append else lines
 
