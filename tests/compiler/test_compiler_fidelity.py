@@ -148,13 +148,13 @@ def test_noise_localisation_proposes_overrides_that_help(tmp_path, faces, assets
     r = run_noise(assets / "models" / "w600k_mbf_fp32.onnx", faces, tmp_path, detector_path=assets / "models" / "det_500m.onnx",
                   top=3, calib_size=24, scales=(112, 28))
     assert len(r["layers"]) > 50 and len(r["proposed"]) == 3
-    drops = [x["drop_db"] for x in r["layers"] if x["har"] and x["drop_db"] is not None]
+    drops = [x["drop_db"] for x in r["layers"] if x["weights"] and x["drop_db"] is not None]
     assert r["proposed"][0]["drop_db"] == max(drops)
     # the lines drop into a build spec as they are
     d = yaml.safe_load((Path(__file__).parents[2] / "build" / "specs" / "w600k_mbf.yaml").read_text())
     d.update(yaml.safe_load(r["spec_lines"]))
     spec = parse_build_spec(d, "w600k_mbf+noise")
-    assert spec.precision[0].layers == [x["har"] for x in r["proposed"]]
+    assert spec.precision[0].onnx_nodes == [x["node"] for x in r["proposed"]]  # HAR names come from the parsed HAR
     before, after = r["effect"]["baseline"], r["effect"]["with_overrides"]
     assert after[28]["cos_mean"] > before[28]["cos_mean"] and after[28]["E_mean"] < before[28]["E_mean"]
     assert json.loads((tmp_path / "noise.json").read_text())["proposed"] == r["proposed"]

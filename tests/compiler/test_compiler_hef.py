@@ -84,6 +84,19 @@ def test_item5_names_the_spec_states_must_match_the_har(tmp_path, dfc_double, sm
     assert not (tmp_path / "out").exists()
 
 
+def test_precision_by_onnx_node_becomes_the_hars_layer(tmp_path, dfc_double, small_spec, assets):
+    """`facefleet build noise` proposes ONNX nodes; the build maps them to HAR layers after parsing."""
+    graph = onnx.load(str(assets / "models" / "w600k_mbf_fp32.onnx"), load_external_data=False).graph
+    first, last = [n.name for n in graph.node if n.op_type == "Conv"][::len([1 for n in graph.node if n.op_type == "Conv"]) - 1]
+    spec = small_spec(tmp_path, "w600k_mbf", precision=[{"onnx_nodes": [first, last], "mode": "a16_w16"}])
+    res = build_hef(spec, tmp_path / "out", smoke=True, progress=False)
+    alls = json.loads(res.json.read_text())["provenance"]["alls"]
+    assert "quantization_param([conv1, conv" in alls and "precision_mode=a16_w16" in alls
+    bad = small_spec(tmp_path, "w600k_mbf", precision=[{"onnx_nodes": ["Conv_nope"], "mode": "a16_w16"}])
+    with pytest.raises(FacefleetError, match="'Conv_nope' is not a layer of the parsed HAR"):
+        build_hef(bad, tmp_path / "out2", smoke=True, progress=False)
+
+
 def test_bbox_scales_with_the_zoo_mul_end_nodes_are_refused(tmp_path, small_spec):
     """The zoo's end nodes keep SCRFD's Mul (scale) in the HEF: host scales too would double-scale."""
     from facefleet.cloud.compiler.hef import check_nodes
