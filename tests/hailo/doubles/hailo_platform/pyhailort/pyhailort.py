@@ -577,8 +577,8 @@ class VDevice:
         return self._released
 
     def create_infer_model(self, hef_source, *args, **kwargs):
-        """PY v4.18.0:3526 ``(hef_source, network_name="")``; v4.20.1:3532 / v4.23.0:3596 ``(hef_source, name="")``."""
-        key = "network_name" if DOUBLE.version < (4, 20, 0) else "name"
+        """PY v4.18.0:3526 ``(hef_source, network_name="")``; v4.19.0:3554, v4.20.1:3532, v4.23.0:3596 ``(hef_source, name="")``."""
+        key = "network_name" if DOUBLE.version < (4, 19, 0) else "name"
         if set(kwargs) - {key}:
             raise TypeError(f"create_infer_model() got an unexpected keyword argument {next(iter(kwargs))!r}")
         name = args[0] if args else kwargs.get(key, "")
