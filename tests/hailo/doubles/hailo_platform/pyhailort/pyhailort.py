@@ -176,6 +176,8 @@ def _status(code: int) -> HailoRTException:
 
 
 def __getattr__(name: str):
+    if name == "HailoRTPCIeDriverException" and DOUBLE.version >= (4, 20, 0):
+        return _DriverOperationFailed  # PY v4.20.0:99 keeps the old name as an alias
     entry = _VERSIONED.get(name)
     if entry is not None:
         cls, first, last = entry
