@@ -28,13 +28,8 @@ class Resolved:
 
 def _heads(spec: BuildSpec, har: HarInfo) -> dict[str, tuple[str, ...]]:
     d = spec.device.detector
-    if d is None or d.layout != "raw_heads":
-        names = {k: getattr(d, k) for k in ("scores", "bbox", "kps")} if d else {}
-        missing = [k for k, v in names.items() if v is None]
-        if d is not None and missing:
-            raise FacefleetError(f"{spec.name}: detector layout {d.layout!r}: give device.detector.{missing[0]} "
-                                 f"(only SCRFD raw heads are found by shape)")
-        return names
+    if d is None or d.layout != "raw_heads":  # other layouts name their outputs in the spec (checked by DetectorSpec)
+        return {k: getattr(d, k) for k in ("scores", "bbox", "kps") if getattr(d, k) is not None} if d else {}
     extra = d.model_dump()
     strides, anchors = tuple(extra.get("strides", (8, 16, 32))), int(extra.get("anchors_per_cell", 2))
     h, w, _ = spec.input.hwc
