@@ -32,6 +32,8 @@ ZOO = {
     "arcface_r50": {"fc1": (512,)},
 }
 
+pytestmark = pytest.mark.usefixtures("surface")  # every HailoRT surface of the double
+
 
 def doc_specs() -> dict[str, dict]:
     blocks = re.findall(r"```json\n(.*?)```", DOC.read_text(), re.S)
