@@ -26,7 +26,7 @@ EXIT_USAGE = 2
 # inside their handlers, so a device install without the cloud extras still starts.
 EXTENSIONS: tuple[str, ...] = (
     "facefleet.runtime.hailo",
-    "facefleet.cloud.build.cli",
+    "facefleet.cloud.compiler.cli",
     "facefleet.component.cli",
     "facefleet.cloud.fleet_cli",
 )

@@ -1,4 +1,4 @@
-"""``facefleet build hef`` through the DFC double (tests/build/doubles/hailo_sdk_client)."""
+"""``facefleet build hef`` through the DFC double (tests/compiler/doubles/hailo_sdk_client)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from facefleet.cloud.build.hef import build_hef
-from facefleet.cloud.build.spec import Roots
+from facefleet.cloud.compiler.hef import build_hef
+from facefleet.cloud.compiler.spec import Roots
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import ModelSpec, sha256_file
 
@@ -37,7 +37,7 @@ def test_face_specs_build_hef_and_device_json(built, dfc_double, name):
     res = built[name]
     header, _ = dfc_double.read_hef(res.hef.read_bytes())
     spec_yaml = yaml.safe_load((SPECS / f"{name}.yaml").read_text())
-    assert header["net"] == name and header["hw_arch"] == spec_yaml["hw_arch"]
+    assert header["net"] == name.replace(".", "_") and header["hw_arch"] == spec_yaml["hw_arch"]
     assert len(header["outputs"]) == len(spec_yaml["end_nodes"])
     ms = ModelSpec.model_validate(json.loads(res.json.read_text()))
     assert ms.format == "hef" and ms.file == f"{name}.hef" and ms.sha256 == sha256_file(res.hef)
@@ -54,6 +54,66 @@ def test_face_specs_build_hef_and_device_json(built, dfc_double, name):
     assert f"calibset_size={n})" in prov["alls"]
     assert prov["build_spec"]["name"] == name
     assert not list(res.hef.parent.glob(".*"))  # no temporary folder left
+
+
+def test_item5_scrfd_layer_names_come_from_the_parsed_har(built, dfc_double):
+    """Item 5: Hailo's parser names the 2.5g score heads conv42/49/55 (zoo scrfd_2.5g.alls,
+    hailo-apps scrfd.cpp:33-51), not conv46/51/55 as ONNX order would: the build finds them in the
+    parsed HAR by shape and role, puts them in the model script and in the device spec."""
+    ms = ModelSpec.model_validate(json.loads(built["scrfd_2.5g"].json.read_text()))
+    d = ms.detector
+    assert d.scores == ("scrfd_2_5g/conv42", "scrfd_2_5g/conv49", "scrfd_2_5g/conv55")
+    assert d.bbox == ("scrfd_2_5g/conv43", "scrfd_2_5g/conv50", "scrfd_2_5g/conv56")
+    assert d.kps == ("scrfd_2_5g/conv44", "scrfd_2_5g/conv51", "scrfd_2_5g/conv57")
+    assert ms.input.name == "scrfd_2_5g/input_layer1"
+    alls = ms.provenance["alls"]
+    assert all(f"change_output_activation({c}, sigmoid)" in alls for c in ("conv42", "conv49", "conv55"))
+    assert d.bbox_scales == (0.8807, 0.9315, 1.1424)  # this export is cut at the box conv: scales on the host
+    m500 = ModelSpec.model_validate(json.loads(built["scrfd_500m"].json.read_text())).detector
+    assert m500.scores == ("scrfd_500m/conv25", "scrfd_500m/conv32", "scrfd_500m/conv38")  # the double's parser order
+    rec = ModelSpec.model_validate(json.loads(built["w600k_mbf"].json.read_text()))
+    assert rec.recognizer.output == "w600k_mbf/fc1" and rec.input.name == "w600k_mbf/input_layer1"
+
+
+def test_item5_names_the_spec_states_must_match_the_har(tmp_path, dfc_double, small_spec):
+    d = yaml.safe_load((SPECS / "scrfd_2.5g.yaml").read_text())
+    det = {**d["device"]["detector"], "scores": ["scrfd_2_5g/conv46", "scrfd_2_5g/conv51", "scrfd_2_5g/conv55"]}
+    spec = small_spec(tmp_path, "scrfd_2.5g", device={"detector": det})
+    with pytest.raises(FacefleetError, match=r"device.detector.scores .*conv46.* are not the parsed HAR's scores heads"):
+        build_hef(spec, tmp_path / "out", smoke=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_precision_by_onnx_node_becomes_the_hars_layer(tmp_path, dfc_double, small_spec, assets):
+    """`facefleet build noise` proposes ONNX nodes; the build maps them to HAR layers after parsing."""
+    graph = onnx.load(str(assets / "models" / "w600k_mbf_fp32.onnx"), load_external_data=False).graph
+    first, last = [n.name for n in graph.node if n.op_type == "Conv"][::len([1 for n in graph.node if n.op_type == "Conv"]) - 1]
+    spec = small_spec(tmp_path, "w600k_mbf", precision=[{"onnx_nodes": [first, last], "mode": "a16_w16"}])
+    res = build_hef(spec, tmp_path / "out", smoke=True, progress=False)
+    alls = json.loads(res.json.read_text())["provenance"]["alls"]
+    assert "quantization_param([conv1, conv" in alls and "precision_mode=a16_w16" in alls
+    bad = small_spec(tmp_path, "w600k_mbf", precision=[{"onnx_nodes": ["Conv_nope"], "mode": "a16_w16"}])
+    with pytest.raises(FacefleetError, match="'Conv_nope' is not a layer of the parsed HAR"):
+        build_hef(bad, tmp_path / "out2", smoke=True, progress=False)
+
+
+def test_bbox_scales_with_the_zoo_mul_end_nodes_are_refused(tmp_path, small_spec):
+    """The zoo's end nodes keep SCRFD's Mul (scale) in the HEF: host scales too would double-scale."""
+    from facefleet.cloud.compiler.hef import check_nodes
+    from facefleet.cloud.compiler.spec import load_build_spec
+
+    onnx_path = tmp_path / "m.onnx"
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="Conv_1"),
+                           helper.make_node("Mul", ["c", "s"], ["y"], name="Mul_2")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+                          [numpy_helper.from_array(np.ones((8, 3, 1, 1), np.float32), "w"),
+                           numpy_helper.from_array(np.ones((1,), np.float32), "s")])
+    onnx.save(helper.make_model(g), onnx_path)
+    spec = load_build_spec(small_spec(tmp_path, "scrfd_2.5g", start_nodes=["x"], end_nodes=["Mul_2"],
+                                      input={"name": "x", "shape": [1, 3, 8, 8]}))
+    with pytest.raises(FacefleetError, match="scale the boxes twice"):
+        check_nodes(spec, onnx_path)
 
 
 def test_quantized_emulation_is_real_and_normalization_is_in_the_hef(built, dfc_double, people, load_recognizer):
@@ -185,7 +245,7 @@ def test_cli_build_hef_smoke(tmp_path, cli_env, small_spec):
 
 def test_cli_compiler_runs_the_hailo_commands_in_a_container(tmp_path):
     """The CLI path: parser onnx -> optimize -> compiler, each inside the Software Suite image."""
-    from facefleet.cloud.build.dfc import CliCompiler
+    from facefleet.cloud.compiler.dfc import CliCompiler
 
     calls = []
 
@@ -205,27 +265,59 @@ def test_cli_compiler_runs_the_hailo_commands_in_a_container(tmp_path):
     cli = CliCompiler("hailo8l", container="hailo_ai_sw_suite:2025-01", run=run)
     assert cli.version == "DFC 3.30.0"
     onnx_path = tmp_path / "models" / "m.onnx"
-    cli.parse(onnx_path, "m", ["input.1"], ["Conv_1", "Conv_2"], {"input.1": [1, 3, 112, 112]}, tmp_path)
+    onnx_path.parent.mkdir()
+    _classifier(onnx_path)
+    cli.parse(onnx_path, "m", ["input"], ["Gemm_4"], {"input": [1, 3, 32, 32]}, tmp_path)
     cli.optimize("normalization1 = normalization([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])\n", np.zeros((2, 4, 4, 3), np.uint8), tmp_path)
     assert cli.compile(tmp_path) == b"hef"
     parse, optimize, compile_ = calls[1:]
     assert parse[:2] == ["docker", "run"] and "hailo_ai_sw_suite:2025-01" in parse
     assert f"{onnx_path.parent.resolve()}:{onnx_path.parent.resolve()}" in parse
     hailo = parse[parse.index("hailo"):]
-    assert hailo == ["hailo", "parser", "onnx", str(onnx_path), "--net-name", "m", "--start-node-names", "input.1",
-                     "--end-node-names", "Conv_1", "Conv_2", "--hw-arch", "hailo8l", "-y", "--tensor-shapes", "1,3,112,112"]
+    # no --tensor-shapes (its syntax is not in Hailo's public sources): the ONNX given has static inputs
+    assert hailo == ["hailo", "parser", "onnx", "m.static.onnx", "--net-name", "m", "--start-node-names", "input",
+                     "--end-node-names", "Gemm_4", "--hw-arch", "hailo8l", "-y"]
+    static = onnx.load(str(tmp_path / "m.static.onnx"))
+    assert [d.dim_value for d in static.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
     assert optimize[optimize.index("hailo"):] == ["hailo", "optimize", "m.har", "--calib-set-path", "calib.npy",
                                                   "--model-script", "model.alls", "--hw-arch", "hailo8l"]
     assert np.load(tmp_path / "calib.npy").shape == (2, 4, 4, 3)
     assert compile_[compile_.index("hailo"):] == ["hailo", "compiler", "m_optimized.har", "--hw-arch", "hailo8l"]
 
 
+def test_cli_har_is_read_for_its_layer_names(tmp_path):
+    """A HAR is a tar holding the network's .hn (JSON); the build reads the outputs' producers from it."""
+    import io
+    import tarfile
+
+    from facefleet.cloud.compiler.har import read_har
+
+    hn = {"name": "m", "layers": {
+        "m/input_layer1": {"type": "input_layer", "input": [], "output": ["m/conv1"], "output_shapes": [[-1, 8, 8, 3]]},
+        "m/conv1": {"type": "conv", "input": ["m/input_layer1"], "output": ["m/output_layer1"],
+                    "output_shapes": [[-1, 8, 8, 2]], "original_names": ["Conv_1"]},
+        "m/output_layer1": {"type": "output_layer", "input": ["m/conv1"], "output": [], "output_shapes": [[-1, 8, 8, 2]]}}}
+    har = tmp_path / "m.har"
+    with tarfile.open(har, "w") as tar:
+        data = json.dumps(hn).encode()
+        info = tarfile.TarInfo("m.hn")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    got = read_har(har)
+    assert got.net == "m" and got.input == "m/input_layer1" and got.outputs == {"m/conv1": (8, 8, 2)}
+    assert got.original["m/conv1"] == ["Conv_1"]
+    (tmp_path / "bad.har").write_bytes(b"har")
+    with pytest.raises(FacefleetError, match=r"cannot read HAR bad\.har"):
+        read_har(tmp_path / "bad.har")
+
+
 def test_cli_compiler_failure_is_one_line(tmp_path):
-    from facefleet.cloud.build.dfc import CliCompiler
+    from facefleet.cloud.compiler.dfc import CliCompiler
 
     def run(cmd, cwd, capture_output, text):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback...\nUnsupportedOperationError: Softmax_5")
 
     cli = CliCompiler("hailo8", run=run)
+    _classifier(tmp_path / "m.onnx")
     with pytest.raises(FacefleetError, match=r"^`hailo parser` failed \(exit 1\): UnsupportedOperationError: Softmax_5$"):
         cli.parse(tmp_path / "m.onnx", "m", ["x"], ["y"], {}, tmp_path)

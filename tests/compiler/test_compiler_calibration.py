@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
-from facefleet.cloud.build.calibration import build_calibration
-from facefleet.cloud.build.faces import aligned_at, face_photos
-from facefleet.cloud.build.spec import Roots, parse_build_spec
+from facefleet.cloud.compiler.calibration import build_calibration
+from facefleet.cloud.compiler.faces import aligned_at, face_photos
+from facefleet.cloud.compiler.spec import Roots, parse_build_spec
 from facefleet.errors import FacefleetError
 
 SPECS = Path(__file__).parents[2] / "build" / "specs"
@@ -57,6 +58,23 @@ def test_image_calibration_for_detectors(small_faces):
     cal = build_calibration(spec, Roots(), SPECS)
     assert cal.data.shape == (5, 640, 640, 3) and cal.data.dtype == np.uint8
     assert len({x.tobytes() for x in cal.data}) == 5
+
+
+def test_image_calibration_is_what_the_device_feeds(tmp_path):
+    """Calibrate on exactly the runtime's letterbox: top-left, zero padding (not grey, not centred)."""
+    from facefleet.cloud.compiler.faces import read_bgr
+    from facefleet.vision.letterbox import letterbox
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img = np.random.default_rng(0).integers(1, 255, (360, 640, 3)).astype(np.uint8)  # 16:9, no zero pixel
+    cv2.imwrite(str(folder / "a.png"), img)
+    spec = _spec("scrfd_500m", path=str(folder), size=3)
+    cal = build_calibration(spec, Roots(), SPECS)
+    full = letterbox(read_bgr(folder / "a.png"), 640, 640)[0][..., ::-1]  # RGB, like the HEF input
+    np.testing.assert_array_equal(cal.data[0], full)
+    for far in cal.data[1:]:  # far scenes: shrunk, still top-left with zeros around
+        assert far[0, 0].any() and not far[-1, -1].any() and not far[:, -1].any()
 
 
 def test_empty_folder_and_random_rules(tmp_path, load_detector):

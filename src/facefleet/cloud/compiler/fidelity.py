@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from facefleet.cloud.build.faces import FacePhoto, face_photos, scaled_region
+from facefleet.cloud.compiler.faces import FacePhoto, face_photos, scaled_region
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import ModelSpec, ResolvedModel, resolve_model, sha256_file
 from facefleet.recognition.models import Detector, Recognizer
@@ -199,7 +199,7 @@ def quantized_recognizer(float_model: ResolvedModel, backend, calib_bgr: np.ndar
         spec = float_model.spec.model_copy(update={"sha256": sha256_file(har), "name": f"{float_model.spec.name}@emulator"})
         return Recognizer(EmulatorModel(sdk, har, spec)), {"method": "dfc-emulator", "har": str(har), "sha256": spec.sha256,
                                                           "dfc_version": str(getattr(sdk, "__version__", "unknown"))}
-    from facefleet.cloud.build.quantize import quantize_static_onnx
+    from facefleet.cloud.compiler.quantize import quantize_static_onnx
 
     out = work / f"{float_model.path.stem}.q{opts.activations}.onnx"
     quantize_static_onnx(float_model.path, float_model.spec, calib_bgr, out, opts.activations, list(opts.float_nodes))
@@ -213,9 +213,9 @@ def quantized_recognizer(float_model: ResolvedModel, backend, calib_bgr: np.ndar
 
 def run_fidelity(float_path: Path, faces: Path, out_dir: Path, *, detector_path: Path, opts: FidelityOptions,
                  calib_folder: Path | None = None, har: Path | None = None, model_json: Path | None = None) -> dict:
-    from facefleet.cloud.build.calibration import _pick
-    from facefleet.cloud.build.faces import aligned_at
-    from facefleet.cloud.build.report import write_report
+    from facefleet.cloud.compiler.calibration import _pick
+    from facefleet.cloud.compiler.faces import aligned_at
+    from facefleet.cloud.compiler.report import write_report
     from facefleet.runtime.onnx import OnnxBackend
 
     t0 = time.perf_counter()

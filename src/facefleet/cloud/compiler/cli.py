@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def _roots(args):
-    from facefleet.cloud.build.spec import Roots
+    from facefleet.cloud.compiler.spec import Roots
 
     return Roots(assets=Path(args.assets_root) if args.assets_root else None,
                  models=Path(args.models_root) if args.models_root else None)
 
 
 def cmd_hef(args) -> int:
-    from facefleet.cloud.build.hef import build_hef
+    from facefleet.cloud.compiler.hef import build_hef
 
     res = build_hef(args.spec, args.out, roots=_roots(args), smoke=args.smoke, prefer=args.dfc,
                     container=args.container, progress=not args.no_progress)
@@ -33,16 +33,16 @@ def cmd_hef(args) -> int:
 
 
 def cmd_alls(args) -> int:
-    from facefleet.cloud.build.alls import render_alls
-    from facefleet.cloud.build.spec import load_build_spec
+    from facefleet.cloud.compiler.alls import render_alls
+    from facefleet.cloud.compiler.spec import load_build_spec
 
     sys.stdout.write(render_alls(load_build_spec(args.spec)))
     return 0
 
 
 def cmd_check(args) -> int:
-    from facefleet.cloud.build.hef import check_nodes, check_onnx
-    from facefleet.cloud.build.spec import load_build_spec
+    from facefleet.cloud.compiler.hef import check_nodes, check_onnx
+    from facefleet.cloud.compiler.spec import load_build_spec
 
     roots = _roots(args)
     for path in args.specs:
@@ -57,9 +57,9 @@ def cmd_check(args) -> int:
 def cmd_calib(args) -> int:
     import numpy as np
 
-    from facefleet.cloud.build.calibration import build_calibration
-    from facefleet.cloud.build.hef import default_detector
-    from facefleet.cloud.build.spec import load_build_spec
+    from facefleet.cloud.compiler.calibration import build_calibration
+    from facefleet.cloud.compiler.hef import default_detector
+    from facefleet.cloud.compiler.spec import load_build_spec
 
     spec = load_build_spec(args.spec)
     det = default_detector() if spec.calibration.source == "faces" and not args.smoke else None
@@ -74,7 +74,7 @@ def cmd_calib(args) -> int:
 
 def cmd_fidelity(args) -> int:
     from facefleet.assets import default_model
-    from facefleet.cloud.build.fidelity import GATE_EXIT, FidelityOptions, run_fidelity
+    from facefleet.cloud.compiler.fidelity import GATE_EXIT, FidelityOptions, run_fidelity
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     if any(s < 8 for s in sizes):
@@ -98,7 +98,7 @@ def cmd_fidelity(args) -> int:
 
 def cmd_noise(args) -> int:
     from facefleet.assets import default_model
-    from facefleet.cloud.build.noise import run_noise
+    from facefleet.cloud.compiler.noise import run_noise
 
     if args.top < 1:
         raise FacefleetError("--top must be >= 1")

@@ -1,4 +1,4 @@
-"""Build tests: the DFC double (tests/build/doubles) goes on sys.path here and only here."""
+"""Build tests: the DFC double (tests/compiler/doubles) goes on sys.path here and only here."""
 
 from __future__ import annotations
 

@@ -57,23 +57,37 @@ class InputShape(_Strict):
         return self.shape[1] if self.layout == "NCHW" else self.shape[3]
 
 
+HeadRole = Literal["scores", "bbox", "kps"]
+
+
 class OutputActivation(_Strict):
-    layer: str
+    """On a HAR layer by name, or (SCRFD) on every head of a role, found in the parsed HAR by shape."""
+
+    layer: str | None = None
+    heads: HeadRole | None = Field(None, description="SCRFD raw heads: scores, bbox or kps of every stride")
     activation: Literal["sigmoid", "relu", "linear", "leaky", "exp", "tanh"]
 
     @model_validator(mode="after")
     def _name(self) -> OutputActivation:
-        if not _LAYER.match(self.layer):
+        if (self.layer is None) == (self.heads is None):
+            raise ValueError("output_activations: give exactly one of layer (a HAR name) or heads (scores/bbox/kps)")
+        if self.layer is not None and not _LAYER.match(self.layer):
             raise ValueError(f"output_activations: {self.layer!r} is not a HAR layer name (e.g. conv41)")
         return self
 
 
 class PrecisionOverride(_Strict):
-    layers: list[str] = Field(min_length=1, description="HAR names; output_layerN makes the tensor that leaves the chip 16-bit")
+    layers: list[str] = Field(default_factory=list,
+                              description="HAR names; output_layerN makes the tensor that leaves the chip 16-bit")
+    onnx_nodes: list[str] = Field(default_factory=list,
+                                  description="ONNX node names (what `facefleet build noise` proposes): their HAR "
+                                              "layers are looked up in the parsed HAR")
     mode: PrecisionMode
 
     @model_validator(mode="after")
     def _names(self) -> PrecisionOverride:
+        if not self.layers and not self.onnx_nodes:
+            raise ValueError("precision: give layers (HAR names) or onnx_nodes")
         bad = [n for n in self.layers if not _LAYER.match(n)]
         if bad:
             raise ValueError(f"precision: {bad} are not HAR layer names (e.g. conv41, output_layer1)")
@@ -133,10 +147,34 @@ class Calibration(_Strict):
         return self
 
 
-class Device(_Strict):
-    """What the device's ModelSpec says beyond the HEF itself: output names as HailoRT reports them."""
+class DeviceDetector(BaseModel):
+    """A DetectorSpec without its output names: the build takes them from the parsed HAR (SCRFD raw
+    heads by shape and role). Names given here must agree with the HAR. Other fields pass through."""
 
-    detector: DetectorSpec | None = None
+    model_config = ConfigDict(extra="allow", frozen=True)
+    layout: str = "raw_heads"
+    scores: tuple[str, ...] | None = None
+    bbox: tuple[str, ...] | None = None
+    kps: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> DeviceDetector:
+        probe = {"scores": ("x",), "bbox": ("x",), "kps": ("x",), **self.model_dump(exclude_none=True)}
+        strides = probe.get("strides", (8, 16, 32))
+        for k in ("scores", "bbox", "kps"):
+            if getattr(self, k) is None:
+                probe[k] = tuple("x" for _ in strides)
+        DetectorSpec.model_validate(probe)  # every other field as the device will read it
+        return self
+
+    def spec(self, names: dict[str, tuple[str, ...]]) -> DetectorSpec:
+        return DetectorSpec.model_validate({**self.model_dump(exclude_none=True), **names})
+
+
+class Device(_Strict):
+    """What the device's ModelSpec says beyond the HEF itself (output names come from the parsed HAR)."""
+
+    detector: DeviceDetector | None = None
     recognizer: RecognizerSpec | None = None
     outputs: list[str] = Field(default_factory=list, description="generic models: HEF output names, host post-processing")
     host_postprocess: str | None = Field(None, description="generic models: the op cut off with end_nodes, done on the host")
@@ -173,18 +211,22 @@ class BuildSpec(_Strict):
             raise ValueError("a recognizer calibrates on aligned faces (calibration.source: faces)")
         return self
 
-    def device_spec(self, hef_file: str, sha256: str, provenance: dict) -> ModelSpec | None:
-        """The ModelSpec the device reads beside the HEF (None for generic models)."""
+    def device_spec(self, hef_file: str, sha256: str, provenance: dict, names: dict) -> ModelSpec | None:
+        """The ModelSpec the device reads beside the HEF (None for generic models); ``names`` are the
+        HailoRT names resolved from the parsed HAR (``input``, ``detector`` heads, ``recognizer``)."""
         if self.kind == "generic":
             return None
         h, w, _ = self.input.hwc
+        recognizer = None
+        if self.device.recognizer is not None:
+            recognizer = {**self.device.recognizer.model_dump(), "output": names["recognizer"]}
         return ModelSpec.model_validate({
             "name": self.name, "kind": self.kind, "format": "hef", "file": hef_file, "sha256": sha256,
-            "input": {"name": f"{self.name}/input_layer1", "width": w, "height": h, "layout": "NHWC",
+            "input": {"name": names["input"], "width": w, "height": h, "layout": "NHWC",
                       "color": self.input.color, "dtype": "uint8", "max_batch": None},
             "normalization": None,
-            "detector": self.device.detector.model_dump() if self.device.detector else None,
-            "recognizer": self.device.recognizer.model_dump() if self.device.recognizer else None,
+            "detector": self.device.detector.spec(names["detector"]).model_dump() if self.device.detector else None,
+            "recognizer": recognizer,
             "provenance": provenance,
             "notes": self.notes,
         })

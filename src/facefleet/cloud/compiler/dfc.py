@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from facefleet.cloud.compiler.har import HarInfo, from_hn_model, read_har
 from facefleet.errors import FacefleetError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,14 @@ class Compiler(Protocol):
     def optimize(self, alls: str, calib: np.ndarray, work_dir: Path) -> None: ...
     def compile(self, work_dir: Path) -> bytes: ...
     def save_har(self, path: Path) -> None: ...
+    def har_info(self) -> HarInfo: ...
+
+
+def net_name(name: str) -> str:
+    """The network name as the DFC keeps it: the zoo parses ``scrfd_2.5g`` (cfg/networks/scrfd_2.5g.yaml)
+    and its HEF's vstreams are ``scrfd_2_5g/...`` (hailo-apps scrfd.cpp:33-51): '.' becomes '_'.
+    Passing it already so keeps the HAR's file name and the layer prefix predictable."""
+    return name.replace(".", "_")
 
 
 def _first_line(e: BaseException) -> str:
@@ -67,6 +76,9 @@ class SdkCompiler:
 
     def save_har(self, path) -> None:
         self._call("save_har", self.runner.save_har, str(path))
+
+    def har_info(self) -> HarInfo:
+        return self._call("get_hn_model", lambda: from_hn_model(self.runner.get_hn_model()))
 
 
 class CliCompiler:
@@ -107,15 +119,18 @@ class CliCompiler:
         return found[-1]
 
     def parse(self, onnx_path, net_name, start, end, shapes, work_dir) -> None:
+        """``hailo parser onnx`` on a copy of the ONNX whose inputs have the spec's static shapes:
+        the ``--tensor-shapes`` syntax is not documented in Hailo's public sources, a static input is."""
+        static = _static_onnx(Path(onnx_path), shapes, Path(work_dir))
         self._mounts = [Path(onnx_path).parent.resolve()]
-        args = ["parser", "onnx", str(onnx_path), "--net-name", net_name, "--start-node-names", *start,
+        args = ["parser", "onnx", static.name, "--net-name", net_name, "--start-node-names", *start,
                 "--end-node-names", *end, "--hw-arch", self.hw_arch, "-y"]
-        for shape in shapes.values():
-            args += ["--tensor-shapes", ",".join(str(d) for d in shape)]
+        before = set(Path(work_dir).glob("*.har"))
         self._exec(args, work_dir)
-        self._har = work_dir / f"{net_name}.har"
-        if not self._har.is_file():
-            raise FacefleetError(f"`hailo parser` wrote no {self._har.name}")
+        new = sorted(set(Path(work_dir).glob("*.har")) - before)
+        if not new:
+            raise FacefleetError(f"`hailo parser` wrote no .har in {work_dir}")
+        self._har = new[-1]
 
     def optimize(self, alls, calib, work_dir) -> None:
         (work_dir / "model.alls").write_text(alls)
@@ -132,6 +147,27 @@ class CliCompiler:
 
     def save_har(self, path) -> None:
         shutil.copyfile(self._har, path)
+
+    def har_info(self) -> HarInfo:
+        return read_har(self._har)
+
+
+def _static_onnx(path: Path, shapes: dict[str, list[int]], work_dir: Path) -> Path:
+    """``work_dir/<stem>.static.onnx``: the model with each named input fixed to its shape."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise FacefleetError(f"cannot read ONNX {path}: {type(e).__name__}") from None
+    for vi in model.graph.input:
+        if vi.name in shapes:
+            for d, v in zip(vi.type.tensor_type.shape.dim, shapes[vi.name], strict=True):
+                d.ClearField("dim_param")
+                d.dim_value = int(v)
+    out = work_dir / f"{path.stem}.static.onnx"
+    onnx.save(model, str(out))
+    return out
 
 
 def open_compiler(hw_arch: str, prefer: str = "auto", container: str | None = None) -> Compiler:

@@ -7,9 +7,10 @@ Follows ``shared/reference/dfc_api.md``: ``ClientRunner(hw_arch=, har=)``, ``tra
 onnxruntime: SDK_NATIVE runs the cut float graph (host-normalized input), SDK_FP_OPTIMIZED adds the
 model script's normalization and output activations, SDK_QUANTIZED is onnxruntime static QDQ
 quantization (uint8 activations, per-channel int8 weights) calibrated on the data given to
-``optimize``, with ``a16_w16`` layers left in float. Layer names are HAR-style (convN, dwN, fcN,
-output_layerN) counted in ONNX node order, which matches the DFC for simple chains (w600k_mbf:
-conv1..33, dw1..16, fc1). The compiled "HEF" is a tagged container, not a Hailo binary.
+``optimize``, with ``a16_w16`` layers left in float. Layer names are numbered per kind (convN, dwN, fcN,
+output_layerN) in the order Hailo's parser uses (see ``_har_names``), the network name has '.'
+replaced by '_' as the DFC does, and ``get_hn()`` returns the parsed network as HN JSON.
+The compiled "HEF" is a tagged container, not a Hailo binary.
 Never import this outside tests.
 """
 
@@ -47,21 +48,63 @@ class _Context:
         self.session = None
 
 
+def _kind(n) -> str | None:
+    if n.op_type == "Conv":
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        return "dw" if group > 1 else "conv"
+    if n.op_type in ("Gemm", "MatMul"):
+        return "fc"
+    return None
+
+
 def _har_names(graph) -> dict[str, str]:
-    """node name -> HAR layer name."""
+    """node name -> HAR layer name, numbered per kind (convN, dwN, fcN) the way Hailo's parser does.
+
+    The order is a depth-first walk from the input that numbers a node when it becomes ready
+    (all its inputs numbered) and then descends into the LAST ready child first. Checked against
+    Hailo's own names: it turns this repo's scrfd_2.5g raw-heads export (cut at Conv_134/135/137,
+    158/159/161, 182/183/185) into exactly the zoo HEF's names: scores conv42/49/55, boxes
+    conv43/50/56, landmarks conv44/51/57 (hailo_model_zoo cfg/alls/generic/scrfd_2.5g.alls;
+    hailo-apps hailo_apps/postprocess/cpp/scrfd.cpp:33-51), where ONNX node order gives
+    conv46/51/55. For scrfd_500m_kps it gives the zoo's per-stride blocks (25-27, 32-34, 38-40)
+    and its stride-16/32 scores conv32/38. Plain chains (w600k_mbf) keep graph order.
+    """
+    nodes = [n for n in graph.node]
+    key = {id(n): i for i, n in enumerate(nodes)}
+    producer = {o: n for n in nodes for o in n.output}
+    preds = {id(n): {id(producer[i]) for i in n.input if i in producer} for n in nodes}
+    consumers: dict[int, list] = {id(n): [] for n in nodes}
+    for n in nodes:
+        for p in preds[id(n)]:
+            consumers[p].append(n)
+    indeg = {id(n): len(preds[id(n)]) for n in nodes}
+    order, stack = [], []
+    for n in nodes:
+        if indeg[id(n)] == 0:
+            order.append(n)
+            stack.append(n)
+    while stack:
+        x = stack.pop()
+        for c in sorted(consumers[id(x)], key=lambda n: key[id(n)]):
+            indeg[id(c)] -= 1
+            if indeg[id(c)] == 0:
+                order.append(c)
+                stack.append(c)
     counts = {"conv": 0, "dw": 0, "fc": 0}
     out = {}
-    for n in graph.node:
-        if n.op_type == "Conv":
-            group = next((a.i for a in n.attribute if a.name == "group"), 1)
-            kind = "dw" if group > 1 else "conv"
-        elif n.op_type in ("Gemm", "MatMul"):
-            kind = "fc"
-        else:
+    for n in order:
+        kind = _kind(n)
+        if kind is None:
             continue
         counts[kind] += 1
         out[n.name or n.output[0]] = f"{kind}{counts[kind]}"
     return out
+
+
+def _hn_name(net_name: str) -> str:
+    """The DFC's network name: the zoo parses ``scrfd_2.5g`` (cfg/networks/scrfd_2.5g.yaml
+    network_name) and the HEF's vstreams are ``scrfd_2_5g/...`` (hailo-apps scrfd.cpp:33-51)."""
+    return net_name.replace(".", "_")
 
 
 def _split_args(text: str) -> list[str]:
@@ -83,6 +126,36 @@ def _split_args(text: str) -> list[str]:
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.strip("[] ").split(",")]
+
+
+class _Layer:
+    def __init__(self, name: str, data: dict):
+        self.name = name
+        self.op = data["type"]
+        self.output_shape = list(data["output_shapes"][0])
+        self.original_names = list(data.get("original_names", []))
+        self.scope = name.split("/")[0]
+
+
+class _HailoNN:
+    def __init__(self, hn: dict):
+        self._hn = hn
+        self._layers = {k: _Layer(k, v) for k, v in hn["layers"].items()}
+
+    def get_layer_by_name(self, name: str) -> _Layer:
+        return self._layers[name]
+
+    def get_input_layers(self) -> list[_Layer]:
+        return [x for x in self._layers.values() if x.op == "input_layer"]
+
+    def get_output_layers(self, remove_non_neural_core_layers: bool = True) -> list[_Layer]:
+        return [x for x in self._layers.values() if x.op == "output_layer"]
+
+    def __iter__(self):
+        return iter(self._layers.values())
+
+    def predecessors(self, layer: _Layer) -> list[_Layer]:
+        return [self._layers[n] for n in self._hn["layers"][layer.name]["input"]]
 
 
 class ClientRunner:
@@ -141,7 +214,7 @@ class ClientRunner:
         opset = next((o.version for o in cut.opset_import if o.domain in ("", "ai.onnx")), 13)
         # per-channel QDQ needs opset >= 13 (DequantizeLinear axis)
         self._float = onnx.version_converter.convert_version(cut, 13) if opset < 13 else cut
-        self.model_name = net_name or Path(str(model)).stem
+        self.model_name = _hn_name(net_name or Path(str(model)).stem)
         self._names = _har_names(self._float.graph)
         self._outputs = outputs
         self._script_lines = []
@@ -149,13 +222,49 @@ class ClientRunner:
         self.state = States.HAILO_MODEL
         return self.get_hn_model(), {i.name: numpy_helper.to_array(i) for i in self._float.graph.initializer}
 
-    def get_hn_model(self) -> dict:
-        layers = {f"{self.model_name}/{v}": {"onnx_node": k} for k, v in self._names.items()}
-        for i, out in enumerate(self._outputs, 1):
-            layers[f"{self.model_name}/output_layer{i}"] = {"onnx_tensor": out}
-        return {"name": self.model_name, "layers": layers}
+    def get_hn_model(self) -> _HailoNN:
+        """The parsed network (``HailoNN``) with the calls the zoo makes on it:
+        ``get_output_layers(remove_non_neural_core_layers=False)`` / ``.output_shape``
+        (hailo_model_zoo core/main_utils.py _get_output_shapes), ``get_input_layers()``,
+        ``get_layer_by_name`` (hn_editor/activations_changer.py), ``predecessors``."""
+        return _HailoNN(self.get_hn())
 
-    get_hn = get_hn_model
+    def get_hn(self) -> dict:
+        """The parsed network as HN JSON: ``layers`` by ``net/name`` with ``type``, ``input``,
+        ``output``, ``output_shapes`` (NHWC, batch -1) and ``original_names`` (the ONNX nodes)."""
+        from onnx import shape_inference
+
+        g = shape_inference.infer_shapes(self._float).graph
+        dims = {}
+        for vi in [*g.value_info, *g.input, *g.output]:
+            dims[vi.name] = [d.dim_value or -1 for d in vi.type.tensor_type.shape.dim]
+
+        def nhwc(tensor: str) -> list[int]:
+            d = dims.get(tensor, [])
+            return [-1, d[2], d[3], d[1]] if len(d) == 4 else [-1, *d[1:]]
+
+        net = self.model_name
+        producer = {o: (n.name or n.output[0]) for n in g.node for o in n.output}
+        layers = {}
+        inp = next(i.name for i in g.input if i.name not in {x.name for x in g.initializer})
+        layers[f"{net}/input_layer1"] = {"type": "input_layer", "input": [], "output": [],
+                                        "output_shapes": [nhwc(inp)], "original_names": [inp]}
+        for node_name, har in self._names.items():
+            node = next(n for n in g.node if (n.name or n.output[0]) == node_name)
+            layers[f"{net}/{har}"] = {"type": "conv" if har.startswith(("conv", "dw")) else "dense", "input": [],
+                                      "output": [], "output_shapes": [nhwc(node.output[0])],
+                                      "original_names": [node_name]}
+        for i, tensor in enumerate(self._outputs, 1):
+            src = self._names.get(producer.get(tensor, ""))
+            cur = tensor
+            while src is None:  # an end node that is not a weight layer (the zoo's bbox Mul, a BN): fused into
+                node = next(n for n in g.node if cur in n.output)  # the weight layer before it, as the DFC does
+                cur = next(x for x in node.input if x in producer)
+                src = self._names.get(producer[cur])
+            layers[f"{net}/output_layer{i}"] = {"type": "output_layer", "input": [f"{net}/{src}"], "output": [],
+                                                "output_shapes": [nhwc(tensor)], "original_names": [tensor]}
+            layers[f"{net}/{src}"]["output"].append(f"{net}/output_layer{i}")
+        return {"name": net, "layers": layers}
 
     # ---- model script ----------------------------------------------------------------------
     @property
@@ -179,6 +288,13 @@ class ClientRunner:
             for ref in _HAR_NAME.findall(m.group(3)):
                 if ref not in known:
                     raise ValueError(f"Model script: layer {ref} does not exist in {self.model_name}")
+            if m.group(2) == "change_output_activation":
+                layer = _split_args(m.group(3))[0]
+                outputs = {x.split("/", 1)[1] for v in self.get_hn()["layers"].values() if v["type"] == "output_layer"
+                           for x in v["input"]}
+                if layer not in outputs:  # the command changes an OUTPUT layer's activation
+                    raise ValueError(f"Model script: change_output_activation: {layer} is not an output layer of "
+                                     f"{self.model_name} (outputs: {sorted(outputs)})")
             lines.append(line)
         self._script_lines = ([*self._script_lines, *lines]) if append else lines
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facefleet import __version__
-from facefleet.cloud.build.alls import render_alls
-from facefleet.cloud.build.calibration import build_calibration
-from facefleet.cloud.build.dfc import Compiler, open_compiler
-from facefleet.cloud.build.spec import BuildSpec, Roots, load_build_spec
+from facefleet.cloud.compiler.alls import render_alls
+from facefleet.cloud.compiler.calibration import build_calibration
+from facefleet.cloud.compiler.dfc import Compiler, net_name, open_compiler
+from facefleet.cloud.compiler.resolve import resolve
+from facefleet.cloud.compiler.spec import BuildSpec, Roots, load_build_spec
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import sha256_file
 
@@ -68,6 +69,11 @@ def check_nodes(spec: BuildSpec, path: Path) -> None:
         raise FacefleetError(f"{spec.name}: end node(s) {bad_end} not in {path.name}")
     if spec.input.name not in inputs and spec.input.name not in nodes:
         raise FacefleetError(f"{spec.name}: input {spec.input.name!r} not in {path.name} (inputs: {sorted(inputs)})")
+    det = spec.device.detector
+    muls = [n.name for n in graph.node if n.name in spec.end_nodes and n.op_type == "Mul"]
+    if det is not None and det.model_dump().get("bbox_scales") is not None and muls:
+        raise FacefleetError(f"{spec.name}: end nodes {muls} keep SCRFD's bbox scale inside the HEF (as the zoo's do); "
+                             f"device.detector.bbox_scales would scale the boxes twice: set it to null")
 
 
 def default_detector():
@@ -109,12 +115,15 @@ class _Stages:
         return out
 
 
-def _device_json(spec: BuildSpec, hef_name: str, hef_sha: str, provenance: dict) -> dict:
-    ms = spec.device_spec(hef_name, hef_sha, provenance)
+def _device_json(spec: BuildSpec, hef_name: str, hef_sha: str, provenance: dict, names: dict) -> dict:
+    ms = spec.device_spec(hef_name, hef_sha, provenance, names)
     if ms is not None:
         return ms.model_dump(mode="json")
+    if spec.device.outputs and spec.device.outputs != names["outputs"]:
+        log.warning("%s: device.outputs %s are %s in the parsed HAR: using the HAR's", spec.name, spec.device.outputs,
+                    names["outputs"])
     return {"name": spec.name, "kind": "generic", "format": "hef", "file": hef_name, "sha256": hef_sha,
-            "outputs": spec.device.outputs, "host_postprocess": spec.device.host_postprocess,
+            "outputs": names["outputs"], "host_postprocess": spec.device.host_postprocess,
             "provenance": provenance, "notes": spec.notes}
 
 
@@ -139,9 +148,12 @@ def build_hef(spec_path: str | Path, out_dir: str | Path, *, roots: Roots | None
     try:
         with _Stages(spec.name, progress) as st:
             calib = st.run("calibration", build_calibration, spec, roots, base, detector=detector, smoke=smoke)
-            alls = render_alls(spec).replace(f"calibset_size={spec.calibration.size}", f"calibset_size={calib.size}")
-            st.run("parse", dfc.parse, onnx_path, spec.name, spec.start_nodes, spec.end_nodes,
+            st.run("parse", dfc.parse, onnx_path, net_name(spec.name), spec.start_nodes, spec.end_nodes,
                    {spec.input.name: list(spec.input.shape)}, tmp)
+            har = dfc.har_info()
+            resolved = resolve(spec, har)  # layer names from the parsed HAR, never from the spec
+            alls = render_alls(spec, resolved).replace(f"calibset_size={spec.calibration.size}",
+                                                       f"calibset_size={calib.size}")
             st.run("optimize", dfc.optimize, alls, calib.data, tmp)
             hef_bytes = st.run("compile", dfc.compile, tmp)
             if not hef_bytes:
@@ -157,6 +169,7 @@ def build_hef(spec_path: str | Path, out_dir: str | Path, *, roots: Roots | None
                     "built_by": f"facefleet {__version__}",
                     "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "hw_arch": spec.hw_arch,
+                    "har": {"net": har.net, "input": har.input, "outputs": {k: list(v) for k, v in har.outputs.items()}},
                     "onnx": {"file": onnx_path.name, "sha256": onnx_sha},
                     "build_spec_file": spec_path.name,
                     "build_spec": spec.model_dump(mode="json"),
@@ -166,7 +179,8 @@ def build_hef(spec_path: str | Path, out_dir: str | Path, *, roots: Roots | None
                     "stage_seconds": dict(st.seconds),
                 }
                 json_tmp = tmp / f"{spec.name}.json.part"
-                json_tmp.write_text(json.dumps(_device_json(spec, f"{spec.name}.hef", hef_sha, provenance), indent=1) + "\n")
+                json_tmp.write_text(json.dumps(_device_json(spec, f"{spec.name}.hef", hef_sha, provenance, resolved.names),
+                                                 indent=1) + "\n")
                 return hef_tmp, har_tmp, json_tmp, hef_sha
 
             hef_tmp, har_tmp, json_tmp, hef_sha = st.run("write", write)

@@ -16,31 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facefleet.cloud.build.quantize import model_input, prepared_float, quantize_static_onnx
+from facefleet.cloud.compiler.quantize import model_input, prepared_float, quantize_static_onnx
 from facefleet.modelspec import ResolvedModel
 
 log = logging.getLogger(__name__)
 
 
-def har_names(graph) -> dict[str, str]:
-    """ONNX node name -> HAR-style layer name (convN / dwN / fcN counted in node order).
-
-    The DFC numbers layers per kind in graph order; for chain-like backbones this matches it
-    (w600k_mbf: conv1..33, dw1..16, fc1). Confirm with ``hailo parser`` before shipping a spec.
-    """
-    counts = {"conv": 0, "dw": 0, "fc": 0}
-    out = {}
-    for n in graph.node:
-        if n.op_type == "Conv":
-            group = next((a.i for a in n.attribute if a.name == "group"), 1)
-            kind = "dw" if group > 1 else "conv"
-        elif n.op_type in ("Gemm", "MatMul"):
-            kind = "fc"
-        else:
-            continue
-        counts[kind] += 1
-        out[n.name or n.output[0]] = f"{kind}{counts[kind]}"
-    return out
+_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # what the DFC turns into conv/dw/fc layers with a precision mode
 
 
 def _reader(name: str, data: np.ndarray):
@@ -79,7 +61,6 @@ def layer_snr(model: ResolvedModel, calib_bgr: np.ndarray, probe_bgr: np.ndarray
         q_act = collect_activations(str(t / "q_aug.onnx"), _reader(spec.input.name, data))
         errors = compute_activation_error(create_activation_matching(q_act, f_act))
         graph = onnx.load(str(fp)).graph
-    names = har_names(graph)
     snr = {k: float(v["xmodel_err"]) for k, v in errors.items() if "xmodel_err" in v and np.isfinite(v["xmodel_err"])}
     rows = []
     for n in graph.node:
@@ -88,20 +69,22 @@ def layer_snr(model: ResolvedModel, calib_bgr: np.ndarray, probe_bgr: np.ndarray
             continue
         ins = [snr[i] for i in n.input if i in snr]
         before = max(ins) if ins else None
-        rows.append({"node": n.name or out, "op": n.op_type, "tensor": out, "har": names.get(n.name or out),
+        rows.append({"node": n.name or out, "op": n.op_type, "tensor": out, "weights": n.op_type in _WEIGHT_OPS,
                      "snr_db": round(snr[out], 2), "drop_db": round(before - snr[out], 2) if before is not None else None})
     return rows
 
 
 def propose(rows: list[dict], top: int) -> list[dict]:
     """The ``top`` weight layers (conv/dw/fc) with the largest SNR drops."""
-    cands = [r for r in rows if r["har"] and r["drop_db"] is not None]
+    cands = [r for r in rows if r["weights"] and r["drop_db"] is not None]
     return sorted(cands, key=lambda r: -r["drop_db"])[:top]
 
 
 def spec_lines(chosen: list[dict]) -> str:
-    layers = ", ".join(r["har"] for r in chosen)
-    return f"precision:\n  - {{layers: [{layers}], mode: a16_w16}}\n"
+    nodes = ", ".join(r["node"] for r in chosen)
+    # ONNX node names: the build looks their HAR layers up in the parsed HAR (Hailo's parser numbers
+    # layers its own way, so a HAR name guessed from ONNX order would hit another layer)
+    return f"precision:\n  - {{onnx_nodes: [{nodes}], mode: a16_w16}}\n"
 
 
 def plot_snr(rows: list[dict], chosen: list[dict], out: Path, title: str) -> Path:
@@ -118,7 +101,7 @@ def plot_snr(rows: list[dict], chosen: list[dict], out: Path, title: str) -> Pat
     for i, r in enumerate(rows):
         if r["node"] in picked:
             ax.plot(i, r["snr_db"], "o", color="red")
-            ax.annotate(r["har"], (i, r["snr_db"]), textcoords="offset points", xytext=(3, 6), fontsize=8, color="red")
+            ax.annotate(r["node"], (i, r["snr_db"]), textcoords="offset points", xytext=(3, 6), fontsize=8, color="red")
     ax.set(xlabel="tensor (graph order)", ylabel="SNR (dB)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -155,8 +138,8 @@ def run_noise(model_path: Path, faces: Path, out_dir: Path, *, detector_path: Pa
     import json
     import os
 
-    from facefleet.cloud.build.calibration import _pick
-    from facefleet.cloud.build.faces import aligned_at, face_photos
+    from facefleet.cloud.compiler.calibration import _pick
+    from facefleet.cloud.compiler.faces import aligned_at, face_photos
     from facefleet.modelspec import resolve_model
     from facefleet.recognition.models import Detector
     from facefleet.runtime.onnx import OnnxBackend
@@ -176,7 +159,7 @@ def run_noise(model_path: Path, faces: Path, out_dir: Path, *, detector_path: Pa
         after = effect(model, backend, calib, by_scale, [r["node"] for r in chosen], activations, Path(tmp))
     png = plot_snr(rows, chosen, out_dir, f"{model.spec.name}: per-layer SNR, {activations} activations (red: proposed a16_w16)")
     report = {"model": model.spec.name, "activations": activations, "probe_faces": len(probe), "calibration_faces": len(calib),
-              "layers": rows, "proposed": [{k: r[k] for k in ("har", "node", "snr_db", "drop_db")} for r in chosen],
+              "layers": rows, "proposed": [{k: r[k] for k in ("node", "snr_db", "drop_db")} for r in chosen],
               "spec_lines": spec_lines(chosen) if chosen else "",
               "fidelity_args": " ".join(f"--float-node {r['node']}" for r in chosen),
               "effect": {"baseline": before, "with_overrides": after}, "plot": str(png)}

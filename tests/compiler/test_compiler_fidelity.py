@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.cloud.build.fidelity import GATE_EXIT, FidelityOptions, run_fidelity
+from facefleet.cloud.compiler.fidelity import GATE_EXIT, FidelityOptions, run_fidelity
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import ModelSpec, load_catalog
 
@@ -87,7 +87,7 @@ def test_recommendation_written_into_model_json(reports, tmp_path):
     spec = next(s for s in load_catalog() if s.name == "w600k_mbf_fp32")
     target = tmp_path / "w600k_mbf.json"
     target.write_text(spec.model_dump_json())
-    from facefleet.cloud.build.fidelity import apply_recommendation
+    from facefleet.cloud.compiler.fidelity import apply_recommendation
 
     apply_recommendation(target, r)
     new = ModelSpec.model_validate_json(target.read_text())
@@ -123,7 +123,7 @@ def test_cli_bad_input(tmp_path, faces, cli_env, assets):
 
 def test_dfc_emulator_as_the_quantized_model(tmp_path, faces, assets, dfc_double, load_detector, small_spec):
     """With a quantized HAR and hailo_sdk_client, the report uses SDK_QUANTIZED (here: the double)."""
-    from facefleet.cloud.build.hef import build_hef
+    from facefleet.cloud.compiler.hef import build_hef
 
     res = build_hef(small_spec(tmp_path, "w600k_mbf"), tmp_path / "hef", detector=load_detector(), progress=False)
     r = run_fidelity(assets / "models" / "w600k_mbf_fp32.onnx", faces, tmp_path / "rep",
@@ -142,19 +142,19 @@ def test_har_without_sdk_is_refused(tmp_path, faces, assets, monkeypatch):
 def test_noise_localisation_proposes_overrides_that_help(tmp_path, faces, assets):
     import yaml
 
-    from facefleet.cloud.build.noise import run_noise
-    from facefleet.cloud.build.spec import parse_build_spec
+    from facefleet.cloud.compiler.noise import run_noise
+    from facefleet.cloud.compiler.spec import parse_build_spec
 
     r = run_noise(assets / "models" / "w600k_mbf_fp32.onnx", faces, tmp_path, detector_path=assets / "models" / "det_500m.onnx",
                   top=3, calib_size=24, scales=(112, 28))
     assert len(r["layers"]) > 50 and len(r["proposed"]) == 3
-    drops = [x["drop_db"] for x in r["layers"] if x["har"] and x["drop_db"] is not None]
+    drops = [x["drop_db"] for x in r["layers"] if x["weights"] and x["drop_db"] is not None]
     assert r["proposed"][0]["drop_db"] == max(drops)
     # the lines drop into a build spec as they are
     d = yaml.safe_load((Path(__file__).parents[2] / "build" / "specs" / "w600k_mbf.yaml").read_text())
     d.update(yaml.safe_load(r["spec_lines"]))
     spec = parse_build_spec(d, "w600k_mbf+noise")
-    assert spec.precision[0].layers == [x["har"] for x in r["proposed"]]
+    assert spec.precision[0].onnx_nodes == [x["node"] for x in r["proposed"]]  # HAR names come from the parsed HAR
     before, after = r["effect"]["baseline"], r["effect"]["with_overrides"]
     assert after[28]["cos_mean"] > before[28]["cos_mean"] and after[28]["E_mean"] < before[28]["E_mean"]
     assert json.loads((tmp_path / "noise.json").read_text())["proposed"] == r["proposed"]

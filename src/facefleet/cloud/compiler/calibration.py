@@ -14,10 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facefleet.cloud.build.faces import aligned_at, face_photos, list_images, read_bgr
-from facefleet.cloud.build.spec import BuildSpec, Roots
+from facefleet.cloud.compiler.faces import aligned_at, face_photos, list_images, read_bgr
+from facefleet.cloud.compiler.spec import BuildSpec, Roots
 from facefleet.errors import FacefleetError
 from facefleet.recognition.models import Detector
+from facefleet.vision.letterbox import letterbox
 
 log = logging.getLogger(__name__)
 IMAGE_SCALES = (1.0, 0.5, 0.25)  # whole images at these fractions of the input: near and far scenes
@@ -49,11 +50,19 @@ def _pick(items: list, n: int) -> list:
 
 
 def _place(img: np.ndarray, w: int, h: int, frac: float) -> np.ndarray:
-    canvas = np.full((h, w, 3), 114, np.uint8)
+    """What the device feeds the detector: the runtime's letterbox (top-left, zero padding,
+    ``facefleet.vision.letterbox``), of the image shrunk to ``frac`` for far scenes. Calibrating
+    on another padding (grey, centred) gives the DFC activation ranges the device never sees."""
+    if frac == 1.0:
+        return letterbox(img, w, h)[0]
     s = frac * min(w / img.shape[1], h / img.shape[0])
     small = cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))), interpolation=cv2.INTER_AREA)
-    y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
-    canvas[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return letterbox(small, w, h)[0] if small.shape[1] > w or small.shape[0] > h else _top_left(small, w, h)
+
+
+def _top_left(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    canvas = np.zeros((h, w, 3), np.uint8)
+    canvas[:img.shape[0], :img.shape[1]] = img
     return canvas
 
 

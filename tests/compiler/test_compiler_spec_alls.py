@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facefleet.cloud.build.alls import render_alls
-from facefleet.cloud.build.hef import check_nodes, check_onnx
-from facefleet.cloud.build.spec import Roots, load_build_spec, parse_build_spec
+from facefleet.cloud.compiler.alls import render_alls
+from facefleet.cloud.compiler.hef import check_nodes, check_onnx
+from facefleet.cloud.compiler.spec import Roots, load_build_spec, parse_build_spec
 from facefleet.errors import FacefleetError
 
 GOLDEN = Path(__file__).parent / "golden"
