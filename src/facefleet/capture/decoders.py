@@ -88,6 +88,7 @@ class PyAvDecoder:
         self._stream.thread_count = threads      # 0: FFmpeg picks (one per core)
         tb = self._stream.time_base
         self._tb_ms = float(tb) * 1000 if tb else None
+        self._t0 = self._stream.start_time or 0  # positions from the first frame, as OpenCV reports them
         self.frame_count = self._stream.frames or None
         dur = self._container.duration  # microseconds (AV_TIME_BASE), None for a live stream
         self.duration_s = dur / 1e6 if dur and dur > 0 else None
@@ -101,7 +102,7 @@ class PyAvDecoder:
             return None
         except (self._av.error.FFmpegError, OSError):
             return None  # corrupt data or a lost stream: the source decides (end or reconnect)
-        pos = frame.pts * self._tb_ms if frame.pts is not None and self._tb_ms else None
+        pos = (frame.pts - self._t0) * self._tb_ms if frame.pts is not None and self._tb_ms else None
         return frame.to_ndarray(format="bgr24"), pos
 
     def close(self) -> None:

@@ -60,6 +60,9 @@ class CameraReader:
                     frame.captured = self._clock()
                 self.stats.on_decoded()
                 with self._cond:
+                    if self._stopped.is_set():  # closed while this frame was decoded
+                        self.stats.on_dropped()
+                        break
                     if self.live:
                         if self._buf:  # stale: a newer frame replaces it
                             self._buf.clear()
@@ -67,6 +70,9 @@ class CameraReader:
                     else:
                         while len(self._buf) >= self.depth and not self._stopped.is_set():
                             self._cond.wait()
+                        if self._stopped.is_set():
+                            self.stats.on_dropped()
+                            break
                     self._buf.append(frame)
                     self.max_pending = max(self.max_pending, len(self._buf))
                     self._cond.notify_all()
