@@ -7,7 +7,7 @@ from __future__ import annotations
 import http.server
 import re
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -41,10 +41,8 @@ def _handler(root: Path):
             self.send_header("Content-Type", "video/mp4")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            try:
+            with suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
     return RangeHandler
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from capture_http import serve
 from pydantic import ValidationError
 
+from capture_http import serve
 from facefleet.capture.config import CameraSource, open_camera
 from facefleet.errors import FacefleetError
 from facefleet.sources import CaptureSource, is_live_target, open_source
@@ -41,7 +41,7 @@ def test_pyav_refuses_a_missing_hardware_decoder_in_one_line(clip):
 def test_corrupt_video_fails_clearly(tmp_path, decoder):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 4096)
-    with pytest.raises(FacefleetError, match="cannot (open|decode) video"):
+    with pytest.raises(FacefleetError, match=r"cannot (open|decode) video"):
         list(open_source(str(bad), decoder=decoder))
 
 
