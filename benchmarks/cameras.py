@@ -31,6 +31,7 @@ at the end (models, N readers and pipelines).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -302,17 +303,14 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
         p = pipelines[i]
         try:
             for frame in reader:
-                t0 = time.perf_counter()
-                w0 = getattr(device.local, "waited", 0.0)
-                if lock is not None:
-                    with lock:
-                        events = p.process(frame)
-                else:
+                with lock if lock is not None else contextlib.nullcontext():
+                    t0 = time.perf_counter()  # inside the lock: waiting for another camera is not work
+                    w0 = getattr(device.local, "waited", 0.0)
                     events = p.process(frame)
+                    proc_s[i] += time.perf_counter() - t0
+                    waited_s[i] += getattr(device.local, "waited", 0.0) - w0
                 for ev in events:
                     comp.publish(ev)
-                proc_s[i] += time.perf_counter() - t0
-                waited_s[i] += getattr(device.local, "waited", 0.0) - w0
             for ev in p.flush():
                 comp.publish(ev)
         except Exception as e:  # reported, not raised: the other cameras finish their run
