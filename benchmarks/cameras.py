@@ -24,7 +24,9 @@ established, hailort_api.md §10), PCIe transfer (Pi 5 gen2/gen3).
     .venv/bin/python benchmarks/cameras.py --cameras 4 --fps 15 --backend hailo-timed --seconds 20 --json
 
 host_ms_per_frame is the pipeline's wall time per processed frame minus the time it waited for
-the (simulated) device; on the CPU backend everything is host time. rss_mb is the process RSS
+the (simulated) device (on the CPU backend everything is host time); with several cameras it
+includes time the thread waited for the GIL or a core, so host_cpu_ms_per_frame gives the camera
+threads' CPU time too (onnxruntime's own threads not counted). rss_mb is the process RSS
 at the end (models, N readers and pipelines).
 """
 
@@ -286,6 +288,7 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
     stats = [CameraStats(window=1_000_000) for _ in range(n)]
     proc_s = [0.0] * n
     waited_s = [0.0] * n
+    cpu_s = [0.0] * n
     errors: list[str] = []
     lock = comp.infer_lock if args.mode == "serialized" else None
     start = time.monotonic() + 0.5
@@ -304,10 +307,11 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
         try:
             for frame in reader:
                 with lock if lock is not None else contextlib.nullcontext():
-                    t0 = time.perf_counter()  # inside the lock: waiting for another camera is not work
+                    t0, c0 = time.perf_counter(), time.thread_time()  # inside the lock: waiting for it is not work
                     w0 = getattr(device.local, "waited", 0.0)
                     events = p.process(frame)
                     proc_s[i] += time.perf_counter() - t0
+                    cpu_s[i] += time.thread_time() - c0
                     waited_s[i] += getattr(device.local, "waited", 0.0) - w0
                 for ev in events:
                     comp.publish(ev)
@@ -339,6 +343,8 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
         "host_ms_per_frame": round(1000 * (sum(proc_s) - sum(waited_s)) / max(sum(processed), 1), 2),
+        # CPU time of the camera threads in the pipeline (onnxruntime's own threads not included)
+        "host_cpu_ms_per_frame": round(1000 * sum(cpu_s) / max(sum(processed), 1), 2),
         "device_wait_ms_per_frame": round(1000 * sum(waited_s) / max(sum(processed), 1), 2),
         "events": comp.spool.depth + comp._sink.events,  # spooled + confirmed by the counting sink
         "rss_mb": round(_rss_mb(), 1),
