@@ -75,3 +75,8 @@ def test_open_camera_reads_a_file_frame_by_frame(clip, decoder):
     reader = open_camera(CameraSource(source=f"file://{clip}", decoder=decoder))
     n = sum(1 for _ in reader)
     assert n == 275 and reader.stats.dropped == 0 and not reader.live
+
+
+def test_unreachable_stream_fails_clearly_with_pyav():
+    with pytest.raises(FacefleetError, match=r"cannot open stream rtsp://127\.0\.0\.1:9/none"):
+        open_source("rtsp://127.0.0.1:9/none", decoder="pyav", reconnect_attempts=1)
