@@ -172,3 +172,34 @@ def test_stats_report_rates_and_percentiles():
     assert r.decode_fps == 5.0 and r.processed_fps == 2.5
     assert r.latency_ms_p50 == pytest.approx(60.0)  # window of 4: 30, 50, 70, 90
     assert r.latency_ms_p99 == pytest.approx(89.4)
+
+
+def test_the_real_pipeline_behind_a_live_camera_takes_the_newest_frames(assets, tmp_path, load_detector, load_recognizer):
+    """The Hamilton clip as a live camera that decodes as fast as it can (faster than the
+    pipeline): the pipeline sees a subsequence of the newest frames, every other frame is counted
+    as dropped and at most one frame ever waits."""
+    from facefleet.config import PipelineConfig
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.loader import gallery_index
+    from facefleet.recognition.pipeline import FacePipeline
+    from facefleet.sources import open_source
+
+    class LiveClip(FrameSource):
+        live = True
+
+        def __iter__(self):
+            yield from open_source(str(assets / "video" / "hamilton_clip.mp4"))
+
+    det, rec = load_detector(), load_recognizer()
+    gallery = Gallery.open(tmp_path / "g", create=True)
+    pipeline = FacePipeline(det, rec, gallery_index(gallery, rec), PipelineConfig())
+    reader = CameraReader(LiveClip()).start()
+    seen = []
+    for frame in reader:
+        seen.append(frame.index)
+        pipeline.process(frame)
+    s = reader.stats
+    assert s.decoded == 275 and s.processed == len(seen) and s.processed + s.dropped == 275
+    assert s.dropped > 0 and reader.max_pending == 1
+    assert seen == sorted(seen) and seen[-1] == 274
+    assert len(s.latencies_ms()) == s.processed
