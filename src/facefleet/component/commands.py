@@ -54,19 +54,23 @@ def parse_command(payload: bytes | str | dict, max_payload: int) -> Command:
         raise FacefleetError(format_validation_error(e, "command").replace("invalid configuration command", "invalid command")) from None
 
 
-def decode_image(cmd: Enroll, max_bytes: int):
-    import cv2
-    import numpy as np
+def decode_image(cmd: Enroll, max_bytes: int, max_pixels: int | None = None):
+    """Base64 (MIME line breaks allowed) -> BGR, bounded in bytes AND in pixels (read from the
+    header before anything is decoded: a small PNG can be a 25000x25000 bomb)."""
+    from facefleet.images import MAX_PIXELS, decode_image_bytes
 
-    if len(cmd.image_b64) > max_bytes * 4 // 3 + 4:
+    text = "".join(cmd.image_b64.split())  # MIME-wrapped base64 (RFC 2045 76-char lines)
+    if len(text) > max_bytes * 4 // 3 + 4:
         raise FacefleetError(f"enroll image is over the limit of {max_bytes} bytes")
     try:
-        raw = base64.b64decode(cmd.image_b64, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise FacefleetError("enroll image_b64 is not valid base64") from None
     if len(raw) > max_bytes:
         raise FacefleetError(f"enroll image is {len(raw)} bytes, over the limit of {max_bytes}")
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FacefleetError("enroll image could not be decoded (JPEG or PNG expected)")
-    return img
+    try:
+        return decode_image_bytes(raw, "enroll image", max_pixels or MAX_PIXELS)
+    except FacefleetError as e:
+        if "cannot decode" in str(e):
+            raise FacefleetError("enroll image could not be decoded (JPEG or PNG expected)") from None
+        raise
