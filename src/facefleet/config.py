@@ -55,6 +55,16 @@ class PipelineConfig(_Section):
     recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @field_validator("device")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        from facefleet.names import topic_value
+
+        try:
+            return topic_value(v, "device")
+        except FacefleetError as e:
+            raise ValueError(str(e)) from None
+
 
 CAMERA_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "file://")
 
@@ -104,6 +114,8 @@ class SpoolConfig(_Section):
 class CommandsConfig(_Section):
     max_image_bytes: int = Field(2_000_000, ge=1_000, le=20_000_000, description="largest enrollment image accepted "
                                  "(decoded bytes)")
+    max_image_pixels: int = Field(40_000_000, ge=10_000, le=100_000_000, description="largest enrollment image in pixels "
+                                  "(width x height, read from the header before decoding: a small PNG can be a pixel bomb)")
 
 
 class MqttConfig(_Section):

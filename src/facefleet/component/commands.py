@@ -44,6 +44,8 @@ def parse_command(payload: bytes | str | dict, max_payload: int) -> Command:
             raise FacefleetError(f"command payload of {len(payload)} bytes is over the limit of {max_payload}")
         try:
             payload = json.loads(payload)
+        except RecursionError:
+            raise FacefleetError("command payload is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise FacefleetError(f"command payload is not JSON: {e}") from None
     if not isinstance(payload, dict):
@@ -52,6 +54,31 @@ def parse_command(payload: bytes | str | dict, max_payload: int) -> Command:
         return _ADAPTER.validate_python(payload)
     except ValidationError as e:
         raise FacefleetError(format_validation_error(e, "command").replace("invalid configuration command", "invalid command")) from None
+
+
+def _as_dict(payload: bytes | str | dict, max_payload: int) -> dict | None:
+    if isinstance(payload, dict):
+        return payload
+    if len(payload) > max_payload:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def request_id_of(payload: bytes | str | dict, max_payload: int) -> str | None:
+    """The request_id of a command that failed to parse, if one can be read: the caller waits on it."""
+    data = _as_dict(payload, max_payload)
+    rid = data.get("request_id") if data else None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
+
+
+def command_of(payload: bytes | str | dict, max_payload: int) -> str:
+    data = _as_dict(payload, max_payload)
+    cmd = data.get("command") if data else None
+    return cmd if isinstance(cmd, str) and cmd in ("enroll", "remove", "list") else "unknown"
 
 
 def decode_image(cmd: Enroll, max_bytes: int, max_pixels: int | None = None):

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from facefleet.component.cameras import CameraWorker
-from facefleet.component.commands import Enroll, ListIds, Remove, decode_image, parse_command
+from facefleet.archives import read_gallery_archive
+from facefleet.component.commands import Enroll, ListIds, Remove, command_of, decode_image, parse_command, request_id_of
 from facefleet.component.models import ModelPaths, load_pair, model_paths
 from facefleet.component.swap import hot_swap, one_line
 from facefleet.config import CameraConfig, ComponentConfig, parse_component_config
@@ -65,7 +66,10 @@ class Component:
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
             self.models = load_pair(self.cfg, self.paths, self.backends)
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
-            self._merge_archives(self.cfg.gallery_archives)
+            try:  # each archive merges all or nothing; a bad one must not keep the cameras down
+                self._merge_archives(self.cfg.gallery_archives)
+            except FacefleetError as e:
+                self.error("gallery", one_line(e))
             self.index = gallery_index(self.gallery, self.models.recognizer)
         except Exception as e:
             log.error("cannot serve: %s", one_line(e))
@@ -173,9 +177,8 @@ class Component:
         try:
             cfg = parse_component_config(data, "(proposed)")
             paths = model_paths(cfg, self.artifacts, self.environ)
-            for a in cfg.gallery_archives:
-                if not self._artifact_path(a).is_file():
-                    raise FacefleetError(f"gallery archive not found: {self._artifact_path(a)}")
+            for a in cfg.gallery_archives:  # read and check every entry, as the merge will
+                read_gallery_archive(self._artifact_path(a))
             if paths != self.paths or cfg.models != self.cfg.models or cfg.detection != self.cfg.detection:
                 load_pair(cfg, paths, self.backends).close()
         except Exception as e:
@@ -300,6 +303,10 @@ class Component:
             cmd = parse_command(payload, limit)
         except FacefleetError as e:
             self.error("command", str(e))
+            rid = request_id_of(payload, limit)
+            if rid is not None:  # the caller waits on its request_id: answer it
+                self.publish(CommandResultEvent(device=self.cfg.device, command=command_of(payload, limit), request_id=rid,
+                                                ok=False, message=one_line(e)))
             return
         try:
             message, ids = self.run_command(cmd)
@@ -313,16 +320,18 @@ class Component:
 
     def run_command(self, cmd) -> tuple[str, list[str] | None]:
         from facefleet.recognition.gallery import validate_name
-        from facefleet.recognition.loader import gallery_index, largest_face_crop
+        from facefleet.recognition.loader import largest_face_crop, update_index
 
         if isinstance(cmd, ListIds):
             return f"{len(self.gallery.names())} identities", self.gallery.names()
         with self._apply_lock, self.busy():
             name = validate_name(cmd.name)
             if isinstance(cmd, Enroll):
-                image = decode_image(cmd, self.cfg.commands.max_image_bytes)
-                with self.infer_lock:
-                    crop = largest_face_crop(self.models.detector, image)
+                image = decode_image(cmd, self.cfg.commands.max_image_bytes, self.cfg.commands.max_image_pixels)
+                # Its own Detector (own buffers) on the shared, thread-safe model: NOT under
+                # infer_lock, so the cameras keep processing while an enroll detects.
+                crop = largest_face_crop(self.models.detector.fork(), image)
+                del image
                 if crop is None:
                     raise FacefleetError("no face found in the enroll image")
                 self.gallery.add(name, [crop], ["command"])
@@ -333,7 +342,7 @@ class Component:
                     raise FacefleetError(f"no identity {name!r} in the gallery")
                 self.gallery.remove(name)
                 message = f"{name} removed"
-            index = gallery_index(self.gallery, self.models.recognizer)
+            index = update_index(self.gallery, self.index, [name], self.models.recognizer)  # only this identity
             with self.infer_lock:
                 for w in self.cameras.values():
                     w.pipeline.set_models(self.models.detector, self.models.recognizer, index)

@@ -65,7 +65,19 @@ def gallery_index(gallery: Gallery, recognizer: Recognizer, batch: int = 64) -> 
     def embed(crops: np.ndarray) -> np.ndarray:
         return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
 
-    return gallery.index_for(recognizer.fingerprint, embed)
+    return gallery.index_for(recognizer.fingerprint, embed, dim=recognizer.rec.embedding_size)
+
+
+def update_index(gallery: Gallery, index: GalleryIndex, changed: list[str], recognizer: Recognizer,
+                 batch: int = 64) -> GalleryIndex:
+    """``index`` with only ``changed`` identities re-embedded (an enroll or a remove)."""
+    if index.fingerprint != recognizer.fingerprint:
+        return gallery_index(gallery, recognizer, batch)
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
+
+    return gallery.update_index(index, changed, embed)
 
 
 def largest_face_crop(detector: Detector, image: np.ndarray, size: int = 112) -> np.ndarray | None:
