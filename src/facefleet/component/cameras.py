@@ -57,7 +57,10 @@ class CameraWorker:
                     return
             except Exception as e:  # a camera failure is an event, never the end of the component
                 log.warning("camera %s: %s", self.cam.id, e)
-                self.publish(ErrorEvent(device=self.device, source="camera", message=f"camera {self.cam.id}: {e}"))
+                try:
+                    self.publish(ErrorEvent(device=self.device, source="camera", message=f"camera {self.cam.id}: {e}"))
+                except Exception as pe:  # the handler must not end the thread either
+                    log.error("camera %s: cannot publish the error event: %s", self.cam.id, pe)
                 self._stop.wait(self.retry_s)
             finally:
                 if source is not None:

@@ -63,6 +63,7 @@ class Component:
                 self._sink = IpcSink(self.ipc, self.thing, self.cfg.topics.local)
             self.forwarder = Forwarder(self.spool, self._sink, self.cfg.spool.batch).start()
             self.publisher = SpooledPublisher(self.spool, self.cfg.topics.events, self.thing)
+            self.spool.on_change = self._spool_changed
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
             self.models = load_pair(self.cfg, self.paths, self.backends)
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
@@ -123,6 +124,14 @@ class Component:
             self.ipc.update_state(state=getattr(ReportedLifecycleState, state))
         except Exception as e:
             log.warning("update_state(%s) failed: %s", state, e)
+
+    def _spool_changed(self, disk_error: str | None) -> None:
+        """The spool's disk refused writes (or takes them again): say so in an error event."""
+        if disk_error is not None:
+            self.error("spool", f"event spool cannot write ({disk_error}); holding up to {self.spool.memory_max} "
+                       "events in memory, the oldest are dropped and counted")
+        else:
+            log.info("event spool writable again")
 
     def publish(self, event) -> None:
         self.publisher.publish(event)
@@ -361,7 +370,8 @@ class Component:
                 stage_ms[f"{cid}.{k}"] = round(v, 3)
         return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms,
                            models=Models(detector=self.models.detector.spec.fingerprint, recognizer=self.models.recognizer.fingerprint),
-                           gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped)
+                           gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
+                           spool_error=self.spool.disk_error, held_in_memory=self.spool.held_in_memory)
 
     def _status_loop(self) -> None:
         last: dict[str, tuple[int, float]] = {}
