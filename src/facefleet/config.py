@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facefleet.errors import FacefleetError
@@ -197,8 +196,6 @@ def load_config(path: str | Path | None, schema: type[PipelineConfig] = Pipeline
     p = Path(path)
     if not p.is_file():
         raise FacefleetError(f"configuration file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise FacefleetError(f"invalid YAML in {p}: {str(e).splitlines()[0]}") from None
-    return parse_config(data, str(p), schema)
+    from facefleet.yamlsafe import load_yaml_file
+
+    return parse_config(load_yaml_file(p), str(p), schema)  # bounded: no aliases, depth, duplicates
