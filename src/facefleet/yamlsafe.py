@@ -63,7 +63,7 @@ def load_yaml_file(path: Path) -> object:
     except UnicodeDecodeError as e:
         raise FacefleetError(f"configuration {path} is not UTF-8 text (byte {e.start})") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise FacefleetError(f"invalid YAML in {path}: {str(e).splitlines()[0]}") from None
     except RecursionError:

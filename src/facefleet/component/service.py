@@ -14,8 +14,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from facefleet.component.cameras import CameraWorker
 from facefleet.archives import read_gallery_archive
+from facefleet.component.cameras import CameraWorker
 from facefleet.component.commands import Enroll, ListIds, Remove, command_of, decode_image, parse_command, request_id_of
 from facefleet.component.models import ModelPaths, load_pair, model_paths
 from facefleet.component.swap import hot_swap, one_line

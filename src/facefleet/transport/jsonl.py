@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -48,10 +49,8 @@ class JsonlSink:
                 if n != len(data):
                     raise OSError(28, "No space left on device (short write)")
             except OSError as e:
-                try:
+                with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, start)
-                except OSError:
-                    pass
                 raise FacefleetError(f"cannot write events to {self._path}: {e.strerror or e}") from None
         self.count += 1
 

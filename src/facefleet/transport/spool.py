@@ -9,6 +9,7 @@ when full the oldest event is dropped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -137,10 +138,8 @@ class Spool:
             # SQLite may already have rolled back (SQLITE_FULL does): never let a failed
             # ROLLBACK ("no transaction is active") hide the real error.
             if self._db.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             raise
         if over > 0:
             self._dropped += over
@@ -225,10 +224,8 @@ class Spool:
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             raise
         self._depth = max(0, self._depth - removed)
         return removed
