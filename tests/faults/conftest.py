@@ -139,3 +139,42 @@ def fill(disk: Path) -> Path:
             while True:
                 os.write(f.fileno(), b"\0")
     return filler
+
+
+@pytest.fixture(scope="session")
+def mjpeg_camera(clip_frames):
+    """A live IP camera double: an endless MJPEG stream over HTTP (multipart/x-mixed-replace, the
+    format of common IP cameras and of FFmpeg's mpjpeg muxer) at 10 fps, read by OpenCV's FFmpeg
+    backend like any http:// camera. Cameras on it never end, so "still running" is observable."""
+    import http.server
+    import threading
+    import time
+
+    jpegs = [cv2.imencode(".jpg", cv2.resize(f, (480, 270)))[1].tobytes() for f in clip_frames[:120]]
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=ffmpeg")
+            self.end_headers()
+            i = 0
+            try:
+                while not stop.is_set():
+                    jpg = jpegs[i % len(jpegs)]
+                    self.wfile.write(b"--ffmpeg\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                     + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                    i += 1
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
+    stop.set()
+    server.shutdown()

@@ -1,0 +1,242 @@
+"""Hostile commands and faults against the running component (issue 12: 1, 2, 3, 4, 5, 7, 9, 10, 19).
+
+The component runs on the real models with one live camera (a long video) and the in-memory IPC
+client of tests/component; every case checks the camera is still processing afterwards."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from facefleet.recognition import loader
+
+from component.helpers import base_config, start_component, wait_until
+
+CMD = "facefleet/thing-1/commands"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, assets, mjpeg_camera):
+    tmp = tmp_path_factory.mktemp("comp")
+    cam = {"id": "door", "source": mjpeg_camera, "fps_cap": 10}
+    comp, ipc = start_component(tmp, assets, base_config(assets, cameras=[cam], commands={"max_image_bytes": 400_000}))
+    yield comp, ipc
+    comp.stop()
+
+
+def camera_running(comp, timeout: float = 20) -> bool:
+    w = comp.cameras["door"]
+    start = w.frames
+    return w._thread.is_alive() and wait_until(lambda: w.frames > start, timeout)
+
+
+def _small_bomb() -> bytes:
+    from .conftest import png_bomb
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        return png_bomb(Path(d) / "b.png", 7000).read_bytes()  # 49 MP, ~60 KB encoded
+
+
+BLANK = cv2.imencode(".png", np.full((200, 200, 3), 127, np.uint8))[1].tobytes()
+BAD_COMMANDS = [
+    ("not json", b"\xff\xfe not json", "not JSON"),
+    ("json array", "[1, 2]", "JSON object"),
+    ("deep json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("unknown command", json.dumps({"command": "explode", "request_id": "r-unknown"}), "command"),
+    ("no name", json.dumps({"command": "enroll", "image_b64": _b64(BLANK), "request_id": "r-noname"}), "name"),
+    ("bad base64", json.dumps({"command": "enroll", "name": "x", "image_b64": "!!!not base64!!!"}), "base64"),
+    ("garbage image", json.dumps({"command": "enroll", "name": "x", "image_b64": _b64(b"garbage" * 10)}), "could not be decoded"),
+    ("pixel bomb", json.dumps({"command": "enroll", "name": "x", "image_b64": _b64(_small_bomb()), "request_id": "r-bomb"}),
+     "over the limit"),
+    ("no face", json.dumps({"command": "enroll", "name": "x", "image_b64": _b64(BLANK)}), "no face"),
+    ("name ESC", json.dumps({"command": "enroll", "name": "x\x1b[2J", "image_b64": _b64(BLANK)}), "invalid identity name"),
+    ("name padded", json.dumps({"command": "enroll", "name": " bob ", "image_b64": _b64(BLANK)}), "invalid identity name"),
+    ("name bidi", json.dumps({"command": "remove", "name": "a\u202eb"}), "invalid identity name"),
+    ("name slash", json.dumps({"command": "remove", "name": "../x"}), "invalid identity name"),
+    ("remove nobody", json.dumps({"command": "remove", "name": "nobody"}), "no identity"),
+    ("extra field", json.dumps({"command": "list", "extra": 1, "request_id": "r-extra"}), "extra"),
+    ("oversize payload", json.dumps({"command": "enroll", "name": "x", "image_b64": "A" * 700_000}), "over the limit"),
+    ("request_id too long", json.dumps({"command": "list", "request_id": "r" * 500}), "request_id"),
+]
+
+
+@pytest.mark.parametrize(("label", "payload", "expected"), BAD_COMMANDS, ids=[c[0] for c in BAD_COMMANDS])
+def test_bad_command_is_one_error_event(live, label, payload, expected):
+    comp, ipc = live
+    n_err = len(ipc.events("error"))
+    names = comp.gallery.names()
+    ipc.push_iot_message(CMD, payload)
+    comp.forwarder.drain(10)
+    errors = ipc.events("error")[n_err:]
+    assert len(errors) == 1 and expected in errors[0]["message"], errors
+    assert "Traceback" not in errors[0]["message"] and "\n" not in errors[0]["message"]
+    rid = json.loads(payload).get("request_id") if isinstance(payload, str) and payload.startswith("{") else None
+    if rid and len(rid) <= 128:  # the caller gets its answer even when the command did not parse
+        results = [e for e in ipc.events("command_result") if e["request_id"] == rid]
+        assert results and results[-1]["ok"] is False
+    assert comp.gallery.names() == names
+    assert camera_running(comp)
+
+
+def test_mime_wrapped_base64_is_accepted(live, assets):
+    comp, ipc = live
+    b64 = base64.encodebytes((assets / "enroll" / "obama.jpg").read_bytes()).decode()  # 76-char lines
+    assert "\n" in b64
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "mime", "image_b64": b64, "request_id": "r-mime"}))
+    comp.forwarder.drain(10)
+    res = [e for e in ipc.events("command_result") if e["request_id"] == "r-mime"]
+    assert res and res[-1]["ok"], res
+    ipc.push_iot_message(CMD, json.dumps({"command": "remove", "name": "mime"}))
+    assert "mime" not in comp.gallery.names()
+
+
+def test_pixel_bomb_enroll_costs_no_memory(live):
+    """High 1: the bomb is refused from its header; the process's peak RSS does not move."""
+    from .conftest import maxrss, png_bomb
+
+    comp, ipc = live
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        data = png_bomb(Path(d) / "b.png", 20000).read_bytes()  # 400 MP: 1.2 GB decoded
+    comp.cfg = comp.cfg.model_copy(update={"commands": comp.cfg.commands.model_copy(update={"max_image_bytes": 2_000_000})})
+    before = maxrss()
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "bomb", "image_b64": _b64(data), "request_id": "r-b2"}))
+    assert maxrss() - before < 200 << 20
+    comp.forwarder.drain(10)
+    res = [e for e in ipc.events("command_result") if e["request_id"] == "r-b2"]
+    assert res and not res[-1]["ok"] and "too large" in res[-1]["message"]
+    assert camera_running(comp)
+
+
+def test_cameras_keep_running_during_a_slow_enroll(live, assets, monkeypatch):
+    """High 2: enrollment detection does not hold the cameras' infer_lock."""
+    comp, ipc = live
+    real = loader.largest_face_crop
+    inside = threading.Event()
+    counted: list[int] = []
+
+    def slow(detector, image, size=112):
+        inside.set()
+        w = comp.cameras["door"]
+        f0 = w.frames
+        time.sleep(2.0)  # a slow enroll (a big photo on a busy Pi)
+        counted.append(w.frames - f0)
+        return real(detector, image, size)
+
+    monkeypatch.setattr(loader, "largest_face_crop", slow)
+    img = _b64((assets / "enroll" / "obama.jpg").read_bytes())
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "slow", "image_b64": img, "request_id": "r-slow"}))
+    assert inside.is_set()
+    assert counted[0] > 0, "no camera frame was processed while the enroll detected"
+    ipc.push_iot_message(CMD, json.dumps({"command": "remove", "name": "slow"}))
+
+
+def test_enroll_updates_the_index_incrementally(live, assets, monkeypatch):
+    """Medium 9: an enroll embeds its own crops only, and the result equals a full re-embed."""
+    comp, ipc = live
+    rec = comp.models.recognizer
+    embedded: list[int] = []
+    real = rec.embed
+
+    def counting(crops):
+        embedded.append(len(crops))
+        return real(crops)
+
+    img = _b64((assets / "enroll" / "obama.jpg").read_bytes())
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "inc-a", "image_b64": img}))
+    monkeypatch.setattr(rec, "embed", counting)
+    img2 = _b64((assets / "enroll" / "lin-manuel-miranda.png").read_bytes())
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "inc-b", "image_b64": img2}))
+    assert sum(embedded) == 1  # one crop: inc-b's, not the whole gallery
+    monkeypatch.undo()
+    full = comp.gallery.index_for(rec.fingerprint, lambda c: rec.embed(c)[0], use_cache=False)
+    assert comp.index.names == full.names
+    assert np.allclose(comp.index.templates, full.templates, atol=1e-5)
+    for n in ("inc-a", "inc-b"):
+        ipc.push_iot_message(CMD, json.dumps({"command": "remove", "name": n}))
+    assert "inc-a" not in comp.index.names
+
+
+def test_enroll_refused_for_a_full_disk_is_not_kept(live, assets, monkeypatch):
+    """Medium 10: a failed save leaves memory, gallery.json and crops as before; the next write does not revive it."""
+    from facefleet.recognition import gallery as gallery_mod
+
+    comp, ipc = live
+    crops_before = sorted(p.name for p in (comp.gallery.root / "crops").iterdir())
+    real = gallery_mod._atomic_write
+
+    def full(path, data):
+        if path.name == "gallery.json":
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(gallery_mod, "_atomic_write", full)
+    img = _b64((assets / "enroll" / "obama.jpg").read_bytes())
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "ghost", "image_b64": img, "request_id": "r-full"}))
+    monkeypatch.undo()
+    comp.forwarder.drain(10)
+    res = [e for e in ipc.events("command_result") if e["request_id"] == "r-full"]
+    assert res and not res[-1]["ok"] and "No space left" in res[-1]["message"]
+    assert "ghost" not in comp.gallery.names()
+    assert sorted(p.name for p in (comp.gallery.root / "crops").iterdir()) == crops_before  # no orphan crop
+    ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "next", "image_b64": img}))
+    from facefleet.recognition.gallery import Gallery
+
+    assert Gallery.open(comp.gallery.root).names() == sorted({*comp.gallery.names()} - {"ghost"})
+    assert "ghost" not in Gallery.open(comp.gallery.root).names()
+    ipc.push_iot_message(CMD, json.dumps({"command": "remove", "name": "next"}))
+    assert camera_running(comp)
+
+
+def test_spool_full_disk_cameras_keep_running_and_recover(live):
+    """High 3: SQLite's own SQLITE_FULL (max_page_count) under a running camera."""
+    comp, ipc = live
+    spool = comp.spool
+    comp.forwarder.drain(10)
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    with spool._lock:
+        spool._db.execute(f"PRAGMA max_page_count = {pages}")
+    ipc.fail_publish = True  # events must pile up in the spool
+    n_before = len(ipc.events())
+    for i in range(300):
+        comp.error("test", f"filler {i} " + "x" * 2000)  # forces new pages
+    assert spool.disk_error and "full" in spool.disk_error
+    assert "rollback" not in spool.disk_error.lower()
+    assert spool.held_in_memory > 0 and spool.held_in_memory <= spool.memory_max
+    assert camera_running(comp)
+    status = comp.status({})
+    assert status.spool_error and status.held_in_memory == spool.held_in_memory
+    with spool._lock:
+        spool._db.execute("PRAGMA max_page_count = 1073741823")
+    ipc.fail_publish = False
+    assert wait_until(lambda: spool.disk_error is None and spool.held_in_memory == 0, 20)
+    assert comp.forwarder.drain(20)
+    got = ipc.events()[n_before:]
+    fillers = {e["message"].split()[1] for e in got if e["type"] == "error" and e["message"].startswith("filler")}
+    assert fillers == {str(i) for i in range(300)}  # nothing lost
+    assert any(e["type"] == "error" and "spool cannot write" in e["message"] for e in got)
+    assert camera_running(comp)
+
+
+def test_device_with_wildcards_is_refused_before_anything_is_spooled(live):
+    """Medium 7: a device name that would make every topic invalid never gets in."""
+    comp, ipc = live
+    for bad in ("pi+1", "pi#", "site/pi"):
+        cfg = dict(ipc.get_configuration(key_path=[]).value, device=bad)
+        report = ipc.push_validation(cfg)
+        assert report.status == "REJECTED" and "must not contain" in report.message
+    assert camera_running(comp)
