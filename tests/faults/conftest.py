@@ -130,14 +130,14 @@ def small_disk(tmp_path):
 def fill(disk: Path) -> Path:
     """Fill a file system to the last byte; returns the filler file (delete it to free the space)."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(f.fileno(), b"\0")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
     return filler
 
 

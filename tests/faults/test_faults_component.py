@@ -14,9 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from facefleet.recognition import loader
-
 from component.helpers import base_config, start_component, wait_until
+from facefleet.recognition import loader
 
 CMD = "facefleet/thing-1/commands"
 
@@ -41,9 +40,10 @@ def camera_running(comp, timeout: float = 20) -> bool:
 
 
 def _small_bomb() -> bytes:
-    from .conftest import png_bomb
     import tempfile
     from pathlib import Path
+
+    from .conftest import png_bomb
 
     with tempfile.TemporaryDirectory() as d:
         return png_bomb(Path(d) / "b.png", 7000).read_bytes()  # 49 MP, ~60 KB encoded
