@@ -149,19 +149,19 @@ def test_enroll_updates_the_index_incrementally(live, assets, monkeypatch):
     """Medium 9: an enroll embeds its own crops only, and the result equals a full re-embed."""
     comp, ipc = live
     rec = comp.models.recognizer
-    embedded: list[int] = []
-    real = rec.embed
+    loaded: list[str] = []
+    real = comp.gallery.load_crops
 
-    def counting(crops):
-        embedded.append(len(crops))
-        return real(crops)
+    def counting(name):  # the recognizer is shared with the camera: count what the gallery embeds
+        loaded.append(name)
+        return real(name)
 
     img = _b64((assets / "enroll" / "obama.jpg").read_bytes())
     ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "inc-a", "image_b64": img}))
-    monkeypatch.setattr(rec, "embed", counting)
+    monkeypatch.setattr(comp.gallery, "load_crops", counting)
     img2 = _b64((assets / "enroll" / "lin-manuel-miranda.png").read_bytes())
     ipc.push_iot_message(CMD, json.dumps({"command": "enroll", "name": "inc-b", "image_b64": img2}))
-    assert sum(embedded) == 1  # one crop: inc-b's, not the whole gallery
+    assert loaded == ["inc-b"]  # inc-b's crops only, not the whole gallery
     monkeypatch.undo()
     full = comp.gallery.index_for(rec.fingerprint, lambda c: rec.embed(c)[0], use_cache=False)
     assert comp.index.names == full.names
