@@ -240,3 +240,23 @@ def test_device_with_wildcards_is_refused_before_anything_is_spooled(live):
         report = ipc.push_validation(cfg)
         assert report.status == "REJECTED" and "must not contain" in report.message
     assert camera_running(comp)
+
+
+@pytest.mark.parametrize(("plan", "expected"), [
+    ({"zones": [{"name": "far", "x": 5000, "y": 100, "width": 300, "height": 200}]}, "outside"),
+    ({"grid": True, "overlap": 700}, "overlap 700"),
+], ids=["zone outside the frame", "overlap over the detector tile"])
+def test_plan_that_does_not_fit_the_frame_is_reported_once(live, plan, expected):
+    """Low 15: the plan validates but cannot run on this camera's frames: one error event, the
+    camera keeps processing on what fits."""
+    comp, ipc = live
+    raw = ipc.get_configuration(key_path=[]).value
+    n_err = len(ipc.events("error"))
+    ipc.push_configuration(dict(raw, detection={"plan": plan}), key_path=("detection",))
+    try:
+        assert camera_running(comp) and camera_running(comp)  # many frames after the change
+        comp.forwarder.drain(10)
+        errors = [e["message"] for e in ipc.events("error")[n_err:] if e["source"] == "camera"]
+        assert len(errors) == 1 and expected in errors[0], errors
+    finally:
+        ipc.push_configuration(raw, key_path=("detection",))
