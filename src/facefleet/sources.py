@@ -165,7 +165,10 @@ def open_source(src: str, fps_cap: float | None = None, reconnect_attempts: int 
     if src.strip().isdigit():
         return CaptureSource(int(src), live=True, fps_cap=fps_cap, reconnect_attempts=reconnect_attempts)
     if src.lower().startswith(STREAM_SCHEMES):
-        return CaptureSource(src, live=True, fps_cap=fps_cap, reconnect_attempts=reconnect_attempts)
+        source = CaptureSource(src, live=True, fps_cap=fps_cap, reconnect_attempts=reconnect_attempts)
+        if src.lower().startswith(("http://", "https://")) and source._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:
+            source.live = False  # a video FILE served over HTTP (it has a frame count): it ends, it is not replayed
+        return source
     p = Path(src)
     if p.is_dir():
         return ImageFolderSource(p)
