@@ -7,6 +7,7 @@ import functools
 import http.server
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         path = self.translate_path(self.path)
         if not rng or not rng.startswith("bytes=") or not os.path.isfile(path):
             return super().do_GET()
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         first, _, last = rng[6:].split(",")[0].partition("-")
         start = int(first) if first else max(0, len(data) - int(last))
         end = int(last) if first and last else len(data) - 1
