@@ -305,3 +305,24 @@ def test_half_written_config_file_is_not_applied(tmp_path):
     assert w.check()
     t.join()
     assert len(seen) == 1 and seen[0].recognition.top_k == 5  # only the whole file
+
+
+def test_consumer_store_is_private_and_follow_is_terminal_safe(tmp_path):
+    """Low 18 and 13 on the operator side: the SQLite store is 0600; a name from an old device
+    with ESC/BEL/bidi is escaped before it reaches the operator's terminal."""
+    import io
+
+    from facefleet.cloud.consumer import Consumer, open_store
+    from facefleet.events import ErrorEvent, to_json
+
+    old = os.umask(0o022)
+    try:
+        out = io.StringIO()
+        c = Consumer(open_store(str(tmp_path / "events.sqlite")), follow=out)
+        ev = json.loads(to_json(ErrorEvent(device="pi", source="camera", message="x\x1b]0;pwned\x07 \u202eevil")))
+        c.handle(json.dumps(ev))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "events.sqlite").stat().st_mode) == 0o600
+    line = out.getvalue()
+    assert "\x1b" not in line and "\x07" not in line and "\u202e" not in line and "\\u001b" in line
