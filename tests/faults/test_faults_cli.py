@@ -192,8 +192,8 @@ BAD_ARGS = [
     (("bench", "--repeat", "-1", "--source", "x", "--gallery", "y"), "must be at least 1", 2),
     (("bench", "--repeat", "0", "--source", "x", "--gallery", "y"), "must be at least 1", 2),
     (("bench", "--repeat", "many", "--source", "x", "--gallery", "y"), "not an integer", 2),
-    (("bench", "distance", "--faces", "FACES", "--out", "/nonexistent/dir/out"), "does not exist", 1),
-    (("run", "--source", "FACE", "--gallery", "GALLERY", "--events", "/nonexistent/dir/e.jsonl"), "does not exist", 1),
+    (("bench", "distance", "--faces", "FACES", "--out", "MISSING/dir/out"), "does not exist", 1),
+    (("run", "--source", "FACE", "--gallery", "GALLERY", "--events", "MISSING/dir/e.jsonl"), "does not exist", 1),
     (("run", "--source", "/nonexistent.mp4", "--gallery", "GALLERY"), "source not found", 1),
     (("run", "--source", "FACE", "--gallery", "/nonexistent-gallery"), "unknown gallery", 1),
     (("gallery", "merge", "--gallery", "G2", "/nonexistent.tar.gz"), "not found", 1),
@@ -205,7 +205,9 @@ BAD_ARGS = [
 @pytest.mark.parametrize(("argv", "expected", "code"), BAD_ARGS, ids=[" ".join(a[0][:2]) + f"-{i}" for i, a in enumerate(BAD_ARGS)])
 def test_bad_arguments_one_line(tmp_path, gallery, face_jpg, assets, argv, expected, code):
     subst = {"FACE": face_jpg, "GALLERY": gallery, "G2": tmp_path / "g2", "FACES": assets / "faces" / "people"}
-    rc, _, err = run_cli(*(subst.get(a, a) for a in argv))
+    missing = str(tmp_path / "missing")  # a folder that does not exist (inside this test's tmp)
+    rc, _, err = run_cli(*(str(subst.get(a, a)).replace("MISSING", missing) for a in argv))
+    assert not Path(missing).exists()  # nothing created on the way
     assert_one_line_error(rc, err, expected, code)
 
 

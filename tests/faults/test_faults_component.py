@@ -17,6 +17,8 @@ import pytest
 from component.helpers import base_config, start_component, wait_until
 from facefleet.recognition import loader
 
+from .conftest import maxrss
+
 CMD = "facefleet/thing-1/commands"
 
 
@@ -77,7 +79,9 @@ def test_bad_command_is_one_error_event(live, label, payload, expected):
     comp, ipc = live
     n_err = len(ipc.events("error"))
     names = comp.gallery.names()
+    before = maxrss()
     ipc.push_iot_message(CMD, payload)
+    assert maxrss() - before < 200 << 20  # memory bounded
     comp.forwarder.drain(10)
     errors = ipc.events("error")[n_err:]
     assert len(errors) == 1 and expected in errors[0]["message"], errors
