@@ -72,7 +72,8 @@ class MqttSink:
             if f.exception() is not None:  # not cancelled: awscrt completes its futures itself
                 return False
             r = f.result()
-            return r is not None and r.puback is not None and r.puback.reason_code.value < 0x80
+            code = r.puback.reason_code if r is not None and r.puback is not None else None
+            return code is not None and code.value < 0x80  # awscrt: None for a code it does not know
 
         return self.inflight.deliver([it.seq for it in items], publish, confirmed)
 
