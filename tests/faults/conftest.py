@@ -178,3 +178,27 @@ def mjpeg_camera(clip_frames):
     yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
     stop.set()
     server.shutdown()
+
+
+@contextlib.contextmanager
+def component_on_nucleus(config: dict, work: Path, artifacts: Path):
+    """(component, nucleus): the wiring of tests/component's ``greengrass`` fixture (the nucleus
+    stand-in's environment, the SDK's own GreengrassCoreIPCClientV2), usable at any scope."""
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+    from facefleet.component.service import Component
+    from greengrass.nucleus import Nucleus
+
+    nucleus = Nucleus(config, thing="thing-1")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in nucleus.environ().items():
+            mp.setenv(k, v)
+        client = GreengrassCoreIPCClientV2()
+    comp = Component(client, work, thing="thing-1", artifacts=artifacts, environ={})
+    try:
+        comp.start()
+        yield comp, nucleus
+    finally:
+        comp.stop()
+        client.close(executor_wait=False)
+        nucleus.close()

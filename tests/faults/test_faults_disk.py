@@ -138,7 +138,9 @@ def test_merge_on_a_full_disk_is_all_or_nothing(tmp_path, monkeypatch):
 
 def test_component_rejects_a_bad_archive_before_accepting(tmp_path, assets):
     """Medium 4: validation reads the archive for real, not only its existence."""
-    from component.helpers import base_config, start_component
+    from component.helpers import base_config
+
+    from .conftest import component_on_nucleus
 
     arts = tmp_path / "arts"
     arts.mkdir()
@@ -146,14 +148,10 @@ def test_component_rejects_a_bad_archive_before_accepting(tmp_path, assets):
         (arts / m.name).symlink_to(m)
     _tar(arts / "bad.tar.gz", [("facefleet-gallery.json", _manifest({"good": {"crops": [C1]}, "bad": {"crops": [C2]}})),
                                ("crops/" + C1, CROP)])
-    comp, ipc = start_component(tmp_path, assets, base_config(assets))
-    comp.artifacts = arts
-    try:
-        report = ipc.push_validation(base_config(assets, gallery_archives=["bad.tar.gz"]))
-        assert report.status == "REJECTED" and "crop" in report.message
+    with component_on_nucleus(base_config(assets), tmp_path, arts) as (comp, nucleus):
+        report = nucleus.push_validation(base_config(assets, gallery_archives=["bad.tar.gz"]))
+        assert report.status == "REJECTED" and "crop" in report.message, report
         assert comp.gallery.names() == []
-    finally:
-        comp.stop()
 
 
 # ---- Medium 11: events file and cache on a full disk -----------------------------------------------
