@@ -9,7 +9,7 @@ from facefleet.modelspec import load_catalog, resolve_model, sha256_file
 
 def test_catalog_covers_every_shared_model(assets):
     files = sorted((assets / "models").glob("*.onnx"))
-    assert len(files) == 7
+    assert len(files) == 10
     for f in files:
         r = resolve_model(f)
         assert r.spec.sha256 == sha256_file(f)

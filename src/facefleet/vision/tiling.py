@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facefleet.errors import FacefleetError
 from facefleet.vision.nms import overlaps
-from facefleet.vision.scrfd import Detections
+from facefleet.vision.detections import Detections
 
 
 class Zone(BaseModel):
