@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import InputSpec, ModelSpec, ResolvedModel, load_catalog
+from facefleet.vision.detectors import OutputMismatch
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,10 @@ def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = 
                     "normalization": None,
                     "provenance": {**template.provenance, "spec_from_hef": {"template": template.name}}}
     if template.kind == "detector":
-        d = template.detector
-        scores, bbox, kps = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
-        update["detector"] = d.model_copy(update={"layout": "raw_heads", "scores": scores, "bbox": bbox, "kps": kps,
-                                                  "heads_order": "NHWC"})
+        try:  # each detector family maps the HEF's heads itself (vision/detectors/<family>.py)
+            update["detector"] = template.detector.bind_hef(io.outputs, h, w)
+        except OutputMismatch as e:
+            raise FacefleetError(f"HEF {file}: {e}") from None
     else:
         flat = {n: s for n, s in io.outputs.items() if len(s) == 1}
         if len(flat) != 1:
@@ -151,15 +152,10 @@ def check_spec(spec: ModelSpec, io: HefIO) -> None:
     if (i.width, i.height) != (w, h):
         raise FacefleetError(f"{where}: spec input {i.width}x{i.height}, the HEF takes {w}x{h}")
     if spec.kind == "detector":
-        d = spec.detector
-        if d.layout != "raw_heads" or d.heads_order != "NHWC":
-            raise FacefleetError(f"{where}: a HEF returns raw heads channel-last: detector layout must be raw_heads, "
-                                 f"heads_order NHWC")
-        by_shape = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
-        for what, named, found in zip(("scores", "bbox", "kps"), (d.scores, d.bbox, d.kps), by_shape, strict=True):
-            if tuple(named) != found:
-                raise FacefleetError(f"{where}: detector.{what} {list(named)} do not fit the HEF outputs; "
-                                     f"by shape they are {list(found)}")
+        try:
+            spec.detector.check_hef(io.outputs, h, w)
+        except OutputMismatch as e:
+            raise FacefleetError(f"{where}: {e}") from None
     else:
         r = spec.recognizer
         if r.output not in io.outputs:
