@@ -16,8 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from facefleet.vision.detections import Detections
-from facefleet.vision.detectors.base import (DetectorConfig, OutputMismatch, grid, heads_by_shape, logit, require,
-                                              sigmoid)
+from facefleet.vision.detectors.base import DetectorConfig, OutputMismatch, grid, heads_by_shape, logit, require, sigmoid
 
 
 class Config(DetectorConfig):
