@@ -93,6 +93,16 @@ class ModelSpec(_Strict):
             raise FacefleetError(f"model spec {self.name}: sha256 unknown")
         return self.sha256[:16]
 
+    @property
+    def embedding_key(self) -> str:
+        """Digest of the spec fields that change what the model computes from a crop (input
+        size, layout, colour order, dtype, normalization, output): caches of embeddings are
+        keyed by it AND the file's fingerprint, so a corrected sidecar re-embeds."""
+        facts = {"input": self.input.model_dump(exclude={"max_batch"}),
+                 "normalization": self.normalization.model_dump() if self.normalization else None,
+                 "output": self.recognizer.output if self.recognizer else None}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()

@@ -276,14 +276,16 @@ class Gallery:
         return h.hexdigest()
 
     def index_for(self, fingerprint: str, embed: Callable[[np.ndarray], np.ndarray],
-                  use_cache: bool = True) -> GalleryIndex:
+                  use_cache: bool = True, spec_key: str = "") -> GalleryIndex:
         """Identity templates for the model ``fingerprint``, from the cache when it is current.
 
         ``embed`` maps a crop batch ``[n,112,112,3]`` to unit embeddings; it is called once for
-        all crops of the gallery when the cache is missing or stale.
+        all crops of the gallery when the cache is missing or stale. ``spec_key`` names the
+        spec fields that change an embedding (``ModelSpec.embedding_key``): a corrected sidecar
+        (same model file, other preprocessing) re-embeds instead of reusing stale templates.
         """
         names = self.names()
-        key = self._content_key()
+        key = f"{self._content_key()}|{spec_key}"
         cache = self.root / "cache" / f"{fingerprint}.npz"
         if use_cache and cache.is_file():
             try:

@@ -65,7 +65,7 @@ def gallery_index(gallery: Gallery, recognizer: Recognizer, batch: int = 64) -> 
     def embed(crops: np.ndarray) -> np.ndarray:
         return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
 
-    return gallery.index_for(recognizer.fingerprint, embed)
+    return gallery.index_for(recognizer.fingerprint, embed, spec_key=recognizer.spec.embedding_key)
 
 
 def largest_face_crop(detector: Detector, image: np.ndarray, size: int = 112) -> np.ndarray | None:
