@@ -21,7 +21,6 @@ from facefleet.vision.detections import Detections
 from facefleet.vision.letterbox import letterbox
 from facefleet.vision.nms import iou_matrix
 from facefleet.vision.tiling import DetectionPlan
-
 from yolo_nms_graph import build as build_yolo_nms
 
 REFERENCE = "scrfd_2.5g_kps"
@@ -132,7 +131,7 @@ def test_retinaface_zoo_per_stride_heads_decode_like_the_onnx(assets, load_detec
     for s, sizes in zip(cfg.strides, cfg.min_sizes, strict=True):
         gh, gw = -(-h // s), -(-w // s)
         n = gh * gw * len(sizes)
-        for name, per, f in (("loc", 4, None), ("conf", 2, np.log), ("iou", 10, None)):
+        for name, f in (("loc", None), ("conf", np.log), ("iou", None)):
             rows = out[name][start:start + n]
             hef_name = f"retinaface_mobilenet_v1/{name}{s}"
             heads[hef_name] = (f(np.maximum(rows, 1e-30)) if f else rows).reshape(gh, gw, -1)
