@@ -104,7 +104,7 @@ class Detector:
         cands = self.decode(out, in_w, in_h)
         cands.boxes = lb.to_frame(cands.boxes)
         cands.kps = lb.to_frame(cands.kps.reshape(-1, 10)).reshape(-1, 5, 2)
-        return postprocess(cands, self.nms_iou)
+        return postprocess(cands, self.nms_iou, max_candidates=self.spec.detector.max_candidates)
 
     def tile_canvas(self, plan: DetectionPlan) -> tuple[int, int]:
         """Detector input for a tile: the model's fixed size, or the plan's tile side (dynamic)."""
@@ -137,7 +137,7 @@ class Detector:
                 # a face taller than the overlap may be cut in every tile; the full frame sees it whole
                 keep &= (c.boxes[:, 3] - c.boxes[:, 1]) <= plan.overlap
             c = c.take(np.flatnonzero(keep))
-            parts.append(postprocess(c, self.nms_iou))
+            parts.append(postprocess(c, self.nms_iou, max_candidates=self.spec.detector.max_candidates))
         return Detections.concat(parts)
 
 

@@ -117,7 +117,7 @@ def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = 
     h, w, _ = io.input_shape
     inp = InputSpec(name=io.input_name, width=w, height=h, layout="NHWC", color=template.input.color, dtype="uint8",
                     max_batch=template.input.max_batch if template.kind == "recognizer" else 1,
-                    size_multiple=template.input.size_multiple)
+                    size_multiple=template.input.size_multiple, letterbox=template.input.letterbox)
     update: dict = {"name": name or template.name, "format": "hef", "file": file, "sha256": None, "input": inp,
                     "normalization": None,
                     "provenance": {**template.provenance, "spec_from_hef": {"template": template.name}}}

@@ -43,10 +43,22 @@ class Detections:
         return self.boxes[:, 3] - self.boxes[:, 1]
 
 
-def postprocess(cands: Detections, iou: float, min_face_px: float = 0.0, max_faces: int | None = None) -> Detections:
-    """NMS, then drop faces smaller than ``min_face_px`` (box height, in the same pixels)."""
+def top_candidates(cands: Detections, k: int) -> Detections:
+    """The ``k`` best candidates: NMS is quadratic, so a model that fires everywhere (a wrong
+    spec, a noisy frame) must not cost unbounded time and memory."""
+    if len(cands) <= k:
+        return cands
+    return cands.take(np.argpartition(-cands.scores, k - 1)[:k])
+
+
+def postprocess(cands: Detections, iou: float, min_face_px: float = 0.0, max_faces: int | None = None,
+                max_candidates: int | None = None) -> Detections:
+    """Best ``max_candidates``, NMS, then drop faces smaller than ``min_face_px`` (box height,
+    in the same pixels)."""
     if len(cands) == 0:
         return cands
+    if max_candidates is not None:
+        cands = top_candidates(cands, max_candidates)
     keep = nms(cands.boxes, cands.scores, iou)
     det = cands.take(keep)
     if min_face_px > 0:

@@ -36,6 +36,7 @@ class DetectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     score_threshold: float = Field(0.5, ge=0, le=1, description="family-specific scale: YuNet 0.6, RetinaFace 0.6, ...")
     nms_iou: float = Field(0.4, gt=0, le=1)
+    max_candidates: int = Field(1000, gt=0, description="candidates kept for NMS per image (the best-scoring)")
 
     def decoder(self) -> Decoder:
         raise NotImplementedError
