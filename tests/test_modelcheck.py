@@ -88,7 +88,7 @@ def test_detector_wrong_normalization_names_the_right_one(assets, faces, tmp_pat
     m = _copy(assets, tmp_path, "yolov8_lite_t_face", "yolo_raw", normalization={"mean": [0, 0, 0], "std": [1, 1, 1]})
     assert main(["models", "check", str(m), "--faces", str(faces)]) == 1
     err = capsys.readouterr().err
-    assert "spec refused" in err and "x/255" in err
+    assert "spec refused" in err and "x/255" in err and "the preprocessing does not fit" in err
 
 
 def test_bad_faces_folder_is_one_line(assets, tmp_path, capsys):

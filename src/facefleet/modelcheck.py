@@ -152,6 +152,7 @@ class DetectorResult:
     sane: int            # photos whose largest face has sane landmarks
     median_faces: float
     max_faces: int
+    mean_score: float    # of the largest face, over photos with a face (tie-breaker)
 
     @property
     def rate(self) -> float:
@@ -168,12 +169,14 @@ def _run_detector(resolved: ResolvedModel, images: list[np.ndarray], backend, la
     finally:
         model.close()
     counts = [len(d) for d in found]
-    sane = 0
+    sane, scores = 0, []
     for d in found:
         if len(d):
             i = int(np.argmax(d.heights))
             sane += bool(sane_landmarks(d.take(np.array([i])))[0])
-    res = DetectorResult(label, len(images), sum(c > 0 for c in counts), sane, float(np.median(counts)), max(counts))
+            scores.append(float(d.scores[i]))
+    res = DetectorResult(label, len(images), sum(c > 0 for c in counts), sane, float(np.median(counts)), max(counts),
+                         round(float(np.mean(scores)), 3) if scores else 0.0)
     return res, found
 
 
@@ -191,14 +194,17 @@ def check_detector(resolved: ResolvedModel, people: dict[str, list[Path]], backe
                           if len(d) else False}
                          for p, d in zip(files, found, strict=True)]
     spec_v, spec_r = results[0]
-    best_v, best_r = max(results, key=lambda x: (x[1].rate, x[1].median_faces <= 1))
+    best_v, best_r = max(results, key=lambda x: (x[1].rate, x[1].median_faces <= 1, x[1].mean_score))
+    better = best_v is not spec_v and best_r.rate - spec_r.rate >= DETECTOR_MARGIN
     problems = []
     if spec_r.median_faces > MAX_FACES_PER_PORTRAIT:
-        problems.append(f"a median of {spec_r.median_faces:g} faces per portrait (max {spec_r.max_faces}): the "
-                        f"spec's detector.layout or its outputs do not fit this model")
+        cause = ("the preprocessing" if better and best_r.median_faces <= MAX_FACES_PER_PORTRAIT
+                 else "the spec's detector.layout or its outputs")
+        problems.append(f"a median of {spec_r.median_faces:g} faces per portrait (max {spec_r.max_faces}): "
+                        f"{cause} does not fit this model")
     if spec_r.rate < MIN_DETECTOR_RATE:
         problems.append(f"one sane face in only {spec_r.sane}/{spec_r.photos} photos")
-    if best_r.rate - spec_r.rate >= DETECTOR_MARGIN and best_v is not spec_v:
+    if better:
         problems.append(f"input {best_v.label} finds a sane face in {best_r.sane}/{best_r.photos} photos, the spec's "
                         f"{spec_v.label} in {spec_r.sane}/{spec_r.photos}: fix input.color / normalization")
     return {
@@ -347,9 +353,10 @@ def render(report: dict) -> str:
     lines = [f"{report['model']} ({report['kind']}, {report['fingerprint']}) on {report['photos']} photos of "
              f"{report['people']} people"]
     if report["kind"] == "detector":
-        lines.append(f"  {'preprocessing':<40} {'sane face':>10} {'median faces':>13} {'max':>5}")
+        lines.append(f"  {'preprocessing':<40} {'sane face':>10} {'median faces':>13} {'max':>5} {'score':>6}")
         for r in report["variants"]:
-            lines.append(f"  {r['variant']:<40} {r['sane']:>4}/{r['photos']:<5} {r['median_faces']:>13g} {r['max_faces']:>5}")
+            lines.append(f"  {r['variant']:<40} {r['sane']:>4}/{r['photos']:<5} {r['median_faces']:>13g} {r['max_faces']:>5}"
+                         f" {r['mean_score']:>6.3f}")
         bad = [p for p in report["per_photo"] if p["faces"] != 1 or not p["landmarks_ok"]]
         for p in bad[:10]:
             lines.append(f"  check {p['photo']}: {p['faces']} faces, landmarks {'ok' if p['landmarks_ok'] else 'NOT sane'}")
