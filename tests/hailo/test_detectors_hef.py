@@ -56,9 +56,9 @@ def test_yolov8_face_hef_from_the_onnx_template(assets, tmp_path, load_detector,
 def test_zoo_retinaface_hef_layout(tmp_path, capsys):
     """The zoo's retinaface_mobilenet_v1 (736x1280, per-stride loc/conf/landmarks heads: 8/4/20
     channels) is described by data: its template binds the HEF's heads by shape."""
-    grids = {8: (92, 160), 16: (46, 80), 32: (23, 40)}
+    grids = [(92, 160), (46, 80), (23, 40)]  # strides 8, 16, 32 of 736x1280
     outputs, n = {}, 20
-    for s, (h, w) in grids.items():
+    for h, w in grids:
         for ch in (8, 4, 20):
             outputs[f"conv{n}"] = ("-", (h, w, ch))
             n += 1
