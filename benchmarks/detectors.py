@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from facefleet.assets import assets_dir
 from facefleet.distance import load_faces, place
 from facefleet.modelspec import resolve_model
