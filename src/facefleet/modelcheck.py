@@ -50,6 +50,7 @@ MIN_DETECTOR_RATE = 0.5
 DETECTOR_MARGIN = 0.25
 MAX_FACES_PER_PORTRAIT = 3
 RECOGNIZER_DPRIME_RATIO = 0.7
+CONFIRM_RATIO = 0.98  # the spec's preprocessing is "confirmed" within 2 % of the best d'
 MIN_AUC = 0.9
 
 
@@ -212,7 +213,9 @@ def check_detector(resolved: ResolvedModel, people: dict[str, list[Path]], backe
         "photos": len(files), "people": len(people),
         "variants": [asdict(r) | {"rate": round(r.rate, 3)} for _, r in results],
         "spec": spec_v.spec_update(), "best": best_v.spec_update(),
-        "confirmed": best_v is spec_v or best_r.rate - spec_r.rate < 0.05,
+        "confirmed": best_v is spec_v or (best_r.rate - spec_r.rate < 0.05 and best_r.mean_score <= spec_r.mean_score + 0.05),
+        "better": (f"input {best_v.label} finds a sane face in {best_r.sane}/{best_r.photos} photos (mean score "
+                   f"{best_r.mean_score:.3f}), the spec's in {spec_r.sane}/{spec_r.photos} ({spec_r.mean_score:.3f})"),
         "per_photo": per_photo,
         "refused": problems,
     }
@@ -338,7 +341,8 @@ def check_recognizer(resolved: ResolvedModel, people: dict[str, list[Path]], bac
         "no_face": missing,
         "variants": [asdict(s) for _, s in results],
         "spec": spec_v.spec_update(), "best": best_v.spec_update(),
-        "confirmed": best_v is spec_v or spec_s.dprime >= 0.95 * best_s.dprime,
+        "confirmed": best_v is spec_v or spec_s.dprime >= CONFIRM_RATIO * best_s.dprime,
+        "better": f"input {best_v.label} separates people better (d' {best_s.dprime:.2f} vs {spec_s.dprime:.2f})",
         "threshold": spec_s.extra, "spec_match_threshold": resolved.spec.recognizer.match_threshold,
         "spec_true_accept_rate": spec_tar,
         "refused": problems,
@@ -381,8 +385,7 @@ def render(report: dict) -> str:
     elif report["confirmed"]:
         lines.append("spec's preprocessing confirmed (best of the candidates tried)")
     else:
-        lines.append(f"spec accepted; input {report['best']['color']} {report['best']['normalization_name']} scores "
-                     f"slightly better")
+        lines.append(f"spec accepted, not the best candidate: {report['better']}: consider it (input.color / normalization)")
     return "\n".join(lines)
 
 
