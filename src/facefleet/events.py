@@ -95,6 +95,8 @@ class StatusEvent(_Event):
     gallery_identities: int = Field(ge=0)
     spool_depth: int = Field(0, ge=0)
     dropped: int = Field(0, ge=0)
+    dead_letter: int = Field(0, ge=0, description="events the transport can never take (e.g. over IoT Core's 128 KiB), "
+                             "set aside in the spool's dead_letter table instead of being retried")
 
 
 class CommandResultEvent(_Event):

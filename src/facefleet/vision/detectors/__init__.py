@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import Annotated, Union
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from facefleet.vision.detectors.base import Decoder, DetectorConfig, OutputMismatch
 
@@ -35,9 +35,17 @@ PLUGINS: tuple[type[DetectorConfig], ...] = _plugins()
 DetectorSpec = Annotated[Union[PLUGINS], Field(discriminator="layout")]  # noqa: UP007 - a runtime tuple
 
 
+_ADAPTER: TypeAdapter = TypeAdapter(DetectorSpec)
+
+
+def validate_detector(data: object) -> DetectorConfig:
+    """A spec's ``detector`` section as its family's Config (raises pydantic's ValidationError)."""
+    return _ADAPTER.validate_python(data)
+
+
 def layouts() -> list[str]:
     """Every ``detector.layout`` value a spec may use."""
     return [v for p in PLUGINS for v in p.model_fields["layout"].annotation.__args__]
 
 
-__all__ = ["PLUGINS", "Decoder", "DetectorConfig", "DetectorSpec", "OutputMismatch", "layouts"]
+__all__ = ["PLUGINS", "Decoder", "DetectorConfig", "DetectorSpec", "OutputMismatch", "layouts", "validate_detector"]
