@@ -73,6 +73,7 @@ class GalleryIndex:
     names: list[str]
     templates: np.ndarray
     coarse_from: int = COARSE_FROM
+    ignored: frozenset[str] = frozenset()  # ignore anchors among names: a match to them raises no event
     _coarse: object = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -174,6 +175,10 @@ class Gallery:
     def info(self, name: str) -> dict:
         return dict(self._data["identities"][name])
 
+    def ignored(self) -> frozenset[str]:
+        """Identities enrolled as ignore anchors (a neighbour, a poster, a TV)."""
+        return frozenset(n for n, e in self._data["identities"].items() if e.get("ignore"))
+
     def crop_files(self, name: str) -> list[Path]:
         return [self.root / "crops" / c for c in self._data["identities"][name]["crops"]]
 
@@ -187,14 +192,20 @@ class Gallery:
         return np.stack(crops)
 
     # ---- writing -------------------------------------------------------------------------
-    def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None) -> int:
-        """Store aligned crops for ``name`` (created if new). Returns the number of new crops."""
+    def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None, ignore: bool = False) -> int:
+        """Store aligned crops for ``name`` (created if new). Returns the number of new crops.
+        ``ignore``: ``name`` is an ignore anchor (matches to it raise no event)."""
         name = validate_name(name)
         if not crops:
             raise FacefleetError(f"no face crops to enroll for {name!r}")
+        known = self._data["identities"].get(name)
+        if known is not None and bool(known.get("ignore")) != ignore:
+            raise FacefleetError(f"{name!r} is already enrolled as {'an ignore anchor' if known.get('ignore') else 'an identity'}")
         (self.root / "crops").mkdir(exist_ok=True, mode=0o700)
         entry = self._data["identities"].setdefault(
             name, {"crops": [], "sources": [], "added": datetime.now(UTC).isoformat()})
+        if ignore:
+            entry["ignore"] = True
         added = 0
         for i, crop in enumerate(crops):
             ok, png = cv2.imencode(".png", crop)
@@ -289,7 +300,7 @@ class Gallery:
             try:
                 with np.load(cache, allow_pickle=False) as z:
                     if str(z["key"]) == key:
-                        return GalleryIndex(fingerprint, names, z["templates"].astype(np.float32))
+                        return GalleryIndex(fingerprint, names, z["templates"].astype(np.float32), ignored=self.ignored())
             except (OSError, KeyError, ValueError):
                 log.warning("gallery cache %s unreadable; recomputing", cache.name)
         if not names:
@@ -309,7 +320,7 @@ class Gallery:
             buf = _npz_bytes(key=np.array(key), templates=templates)
             _atomic_write(cache, buf)
         log.info("gallery %s: embedded %d crops of %d identities for model %s", self.root, len(owner), len(names), fingerprint)
-        return GalleryIndex(fingerprint, names, templates)
+        return GalleryIndex(fingerprint, names, templates, ignored=self.ignored())
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
