@@ -37,6 +37,8 @@ class _Event(BaseModel):
     event_id: str = Field(default_factory=_new_id, pattern=r"^[0-9a-f]{32}$", description="unique; consumers de-duplicate on it")
     timestamp: datetime = Field(default_factory=_now, description="when the event was made (UTC)")
     device: str = Field("local", description="thing name or host that made it")
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION,
+                                description="version of the event schema the producer wrote (absent: 1)")
 
 
 class Quality(BaseModel):
