@@ -29,6 +29,7 @@ EXTENSIONS: tuple[str, ...] = (
     "facefleet.cloud.build.cli",
     "facefleet.component.cli",
     "facefleet.cloud.fleet_cli",
+    "facefleet.cloud.stores", "facefleet.cloud.report",  # after fleet_cli: they extend 'events'
 )
 
 

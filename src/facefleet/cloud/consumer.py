@@ -91,6 +91,10 @@ class SqliteStore:
 
 
 def open_store(target: str) -> JsonlStore | SqliteStore:
+    if target.startswith(("postgresql://", "postgres://")):  # fleet scale: see cloud/stores.py
+        from facefleet.cloud.stores import PostgresStore
+
+        return PostgresStore(target)
     p = Path(target)
     return SqliteStore(p) if p.suffix in (".db", ".sqlite", ".sqlite3") else JsonlStore(p)
 
