@@ -4,11 +4,12 @@ The JSON Schema (``facefleet events schema``, ``schemas/event.schema.json``) is 
 these classes, so producers and consumers share one definition.
 
 Versions: every event carries ``schema_version`` (absent means 1). Version 2 added fields only
-(``margin``, ``unknown_id``, ``unknown_count`` on match events, ``face_usability`` on status
-events), all optional, so the current schema accepts version 1 events as they are. Version 1
-forbids unknown properties, so a consumer built for it rejects version 2 events: it must read
-``schema_version`` and validate against the schema of that version (``schemas/event.schema.v1.json``
-is kept unchanged for it; ``schemas/event.schema.json`` is always the newest).
+(``margin``, ``unknown_id``, ``unknown_count`` on match events, ``face_usability`` and
+``temperature_c`` on status events), all optional, so the current schema accepts version 1
+events as they are. Version 1 forbids unknown properties, so a consumer built for it rejects
+version 2 events: it must read ``schema_version`` and validate against the schema of that
+version (``schemas/event.schema.v1.json`` is kept unchanged for it; ``schemas/event.schema.json``
+is always the newest).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class StatusEvent(_Event):
     gallery_identities: int = Field(ge=0)
     spool_depth: int = Field(0, ge=0)
     dropped: int = Field(0, ge=0)
+    temperature_c: float | None = Field(None, ge=-50, le=150, description="device temperature in °C (the Hailo chip or the "
+                                        "SoC), when the component reads one")
     face_usability: dict[str, FaceUsability] | None = Field(
         None, description="per camera: frames with no usable face by reason (FacePipeline.face_stats.snapshot())")
 

@@ -3,10 +3,10 @@ installs it): initdb + pg_ctl on a temporary folder, TCP on a free loopback port
 
 initdb and postgres refuse to run as root, so as root they run as the ``postgres`` user the
 Debian package creates (runuser); where that user cannot be looked up (a container without it in
-/etc/passwd) as an unprivileged uid named through nss_wrapper (Debian's ``libnss-wrapper``, the
-way PostgreSQL's own container tests run: both programs look up their own user name). Durability settings are off (fsync, synchronous_commit): the
-data is thrown away after the test; the SQL semantics under test (primary keys, ON CONFLICT,
-concurrent sessions) do not depend on them.
+/etc/passwd) as an unprivileged uid named through nss_wrapper (Debian's ``libnss-wrapper``):
+both programs look up their own user name. Durability settings are off (fsync,
+synchronous_commit): the data is thrown away after the test; the SQL semantics under test
+(primary keys, ON CONFLICT, concurrent sessions) do not depend on them.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import sys
 import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -80,10 +80,11 @@ def test_two_consumers_one_queue_10000_events_stored_exactly_once(mocked_aws, pg
     queue, two consumers competing for it (each its own SQS client and database session), one
     table: every event stored exactly once.
 
-    moto's SQS scans the whole queue on every receive and delete (moto 5.x sqs/models.py:
-    ``Queue.messages``, ``Queue.delete_message``, the retention check per received message), so
-    a 11,000-message backlog costs minutes; the producer keeps the queue shallow instead, as a
-    fleet sending while consumers keep up does."""
+    moto's SQS scans the whole queue several times per received message (moto 5.2.5
+    moto/sqs/models.py: ``Queue.messages``, and ``get_queue_attributes`` from
+    ``is_message_valid_based_on_retention_period`` in ``receive_message``), so an 11,000-message
+    backlog costs many minutes; the producer keeps the queue shallow instead, as a fleet sending
+    while its consumers keep up does."""
     sqs = mocked_aws.client("sqs")
     url = sqs.create_queue(QueueName="ff-events")["QueueUrl"]
     bodies = [_event(i) for i in range(10_000)]
@@ -105,10 +106,10 @@ def test_two_consumers_one_queue_10000_events_stored_exactly_once(mocked_aws, pg
     for t in threads:
         t.start()
     received = lambda: sum(c.stats.received for c in consumers)  # noqa: E731
-    for k in range(0, len(mixed), 100):
-        while k - received() > 200 and not errors:  # keep the queue shallow (see above)
-            time.sleep(0.01)
-        _send(sqs, url, mixed[k:k + 100])
+    for k in range(0, len(mixed), 10):
+        while k - received() > 30 and not errors:  # keep the queue shallow (see above)
+            time.sleep(0.005)
+        _send(sqs, url, mixed[k:k + 10])
     while received() < len(mixed) and not errors and all(t.is_alive() for t in threads):
         time.sleep(0.05)
     done.set()
