@@ -165,3 +165,15 @@ def test_frames_with_no_usable_face_are_counted_by_reason(tmp_path, people, rec,
     status = StatusEvent(fps={"cam0": 1.0}, stage_ms={}, models=p.models, gallery_identities=1,
                          face_usability={"cam0": snap})
     assert f'"{reason}":8' in to_json(status).replace(" ", "")
+
+
+def test_ignore_anchors_survive_a_gallery_archive(tmp_path, people):
+    """A packed gallery ships its anchors as anchors: a poster never becomes a person elsewhere."""
+    _, crops = people
+    g = Gallery.open(tmp_path / "a", create=True)
+    g.add("alice", [crops[0]])
+    g.add("poster-lobby", [crops[-1]], ignore=True)
+    g.export_archive(tmp_path / "g.tar.gz")
+    other = Gallery.open(tmp_path / "b", create=True)
+    other.merge_archive(tmp_path / "g.tar.gz")
+    assert other.names() == ["alice", "poster-lobby"] and other.ignored() == {"poster-lobby"}

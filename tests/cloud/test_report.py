@@ -48,6 +48,7 @@ def fleet_events(seed: int = 15) -> list[str]:
             out.append(to_json(StatusEvent(
                 timestamp=t, device=dev, fps={"door": float(rng.normal(14, 0.5))}, stage_ms={"detect": 25.0 + dev_i * 5, "embed": 8.0},
                 models=NEW if m > 300 and dev != "pi-03" else OLD, gallery_identities=3, dropped=int(rng.integers(0, 3)),
+                temperature_c=float(55 + dev_i * 6 + 8 * np.sin(m / 90)),
                 face_usability={"door": FaceUsability(frames=600, no_face=100, usable=300, too_small=150 * (dev_i == 2),
                                                       too_blurred=0, below_pre_norm_gate=200 - 150 * (dev_i == 2),
                                                       unusable_share=0.4)})))

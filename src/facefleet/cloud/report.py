@@ -85,6 +85,12 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _dates(ax, mdates) -> None:
+    loc = mdates.AutoDateLocator(maxticks=8)
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+
+
 def _plots(d: FleetData) -> list[tuple[str, str]]:
     """(title, base64 PNG) per figure."""
     import matplotlib
@@ -107,7 +113,7 @@ def _plots(d: FleetData) -> list[tuple[str, str]]:
             counts, _ = np.histogram(mdates.date2num(per[where]), bins=bins)
             ax.plot(mdates.num2date(bins[:-1]), counts, drawstyle="steps-post", label=where)
         ax.set_ylabel(f"match events per {((bins[1] - bins[0]) * 1440):.0f} min")
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+        _dates(ax, mdates)
         ax.legend(fontsize=7, ncol=4, loc="upper left")
         ax.set_title("events per device and camera over time" + (" (20 busiest shown)" if len(per) > 20 else ""))
         out.append(("Events over time", _png(fig)))
@@ -160,7 +166,7 @@ def _plots(d: FleetData) -> list[tuple[str, str]]:
             ax.set_title(label, fontsize=9)
             if not ax.has_data():
                 ax.text(0.5, 0.5, "not reported", ha="center", transform=ax.transAxes)
-            ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+            _dates(ax, mdates)
         axes[0, 0].legend(fontsize=7)
         fig.suptitle("per device, from status events")
         out.append(("Device health", _png(fig)))

@@ -237,7 +237,8 @@ class Gallery:
         """Write the gallery's identities and crops (no embeddings: each device embeds them
         with its own model) as a tar.gz. Returns the number of identities."""
         manifest = {"format": ARCHIVE_FORMAT, "identities": {
-            n: {"crops": list(e["crops"]), "sources": list(e.get("sources", []))} for n, e in self._data["identities"].items()}}
+            n: {"crops": list(e["crops"]), "sources": list(e.get("sources", [])), **({"ignore": True} if e.get("ignore") else {})}
+            for n, e in self._data["identities"].items()}}
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             _add_bytes(tar, ARCHIVE_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -277,7 +278,8 @@ class Gallery:
                     raise FacefleetError(f"gallery archive {path.name}: crop {c} of {name!r} is missing or not a 112x112 image")
                 crops.append(img)
             staged[name] = crops
-        return sum(self.add(name, crops, identities[name].get("sources")) for name, crops in staged.items())
+        return sum(self.add(name, crops, identities[name].get("sources"), ignore=bool(identities[name].get("ignore")))
+                   for name, crops in staged.items())
 
     # ---- embeddings ----------------------------------------------------------------------
     def _content_key(self) -> str:
