@@ -75,6 +75,37 @@ def test_postgres_store_is_idempotent_and_readable(pg_url):
     assert {e["type"] for e in got} == {"match"} and len(got) == 6
 
 
+class AtomicSqs:
+    """A boto3 SQS client on moto whose calls are atomic, as SQS's are.
+
+    moto's SQS backend is not thread-safe: ``Queue.delete_message`` rebuilds ``_messages``
+    without ``_messages_lock`` (moto 5.2.5 moto/sqs/models.py:613-631) while ``add_message``
+    appends under it (:573), so a message sent by another thread meanwhile can vanish, which
+    real SQS never does. Calls go through one lock here;
+    long polls are emulated outside it (poll, then sleep briefly until ``WaitTimeSeconds``) so
+    that a waiting consumer does not block the others."""
+
+    def __init__(self, client, lock: threading.Lock):
+        self._c, self._lock = client, lock
+
+    def receive_message(self, WaitTimeSeconds=0, **kw):
+        deadline = time.monotonic() + WaitTimeSeconds
+        while True:
+            with self._lock:
+                resp = self._c.receive_message(WaitTimeSeconds=0, **kw)
+            if resp.get("Messages") or time.monotonic() >= deadline:
+                return resp
+            time.sleep(0.02)
+
+    def __getattr__(self, name):
+        fn = getattr(self._c, name)
+
+        def call(*a, **kw):
+            with self._lock:
+                return fn(*a, **kw)
+        return call
+
+
 def test_two_consumers_one_queue_10000_events_stored_exactly_once(mocked_aws, pg_url):
     """10,000 events plus 1,000 duplicates (a device resending after a crash) through one SQS
     queue, two consumers competing for it (each its own SQS client and database session), one
@@ -85,7 +116,8 @@ def test_two_consumers_one_queue_10000_events_stored_exactly_once(mocked_aws, pg
     ``is_message_valid_based_on_retention_period`` in ``receive_message``), so an 11,000-message
     backlog costs many minutes; the producer keeps the queue shallow instead, as a fleet sending
     while its consumers keep up does."""
-    sqs = mocked_aws.client("sqs")
+    lock = threading.Lock()
+    sqs = AtomicSqs(mocked_aws.client("sqs"), lock)
     url = sqs.create_queue(QueueName="ff-events")["QueueUrl"]
     bodies = [_event(i) for i in range(10_000)]
     rng = random.Random(15)
@@ -98,7 +130,7 @@ def test_two_consumers_one_queue_10000_events_stored_exactly_once(mocked_aws, pg
 
     def work(c):
         try:
-            consume_sqs(mocked_aws.client("sqs"), url, c, done.is_set, wait_s=0)
+            consume_sqs(AtomicSqs(mocked_aws.client("sqs"), lock), url, c, done.is_set, wait_s=1)
         except Exception as e:  # surfaced below
             errors.append(e)
 
@@ -110,8 +142,13 @@ def test_two_consumers_one_queue_10000_events_stored_exactly_once(mocked_aws, pg
         while k - received() > 30 and not errors:  # keep the queue shallow (see above)
             time.sleep(0.005)
         _send(sqs, url, mixed[k:k + 10])
-    while received() < len(mixed) and not errors and all(t.is_alive() for t in threads):
-        time.sleep(0.05)
+
+    def drained() -> bool:
+        a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return a["ApproximateNumberOfMessages"] == a["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+    while not drained() and not errors and all(t.is_alive() for t in threads):
+        time.sleep(0.1)
     done.set()
     for t in threads:
         t.join()
