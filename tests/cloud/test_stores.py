@@ -225,3 +225,20 @@ def test_sqlite_store_reads_back(tmp_path):
         c.handle(_event(i))
     store.close()
     assert [e["track_id"] for e in read_events(str(tmp_path / "ev.sqlite"))] == [0, 1, 2]
+
+
+def test_report_reads_postgresql(pg_url, tmp_path, cli_env):
+    """The report takes the PostgreSQL store like the SQLite one; the page never shows the URL's user."""
+    from .test_report import fleet_events
+
+    c = Consumer(PostgresStore(pg_url))
+    bodies = fleet_events()
+    assert all(c.handle(b) for b in bodies)
+    c.store.close()
+    r = subprocess.run([sys.executable, "-m", "facefleet", "events", "report", "--db", pg_url, "--out", str(tmp_path / "r")],
+                       env={**cli_env, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r" / "index.html").read_text()
+    matches = sum(1 for b in bodies if '"type":"match"' in b)
+    assert page.count("<img ") == 5 and f"{matches} match events" in page
+    assert "facefleet@" not in page
