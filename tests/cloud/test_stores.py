@@ -242,3 +242,20 @@ def test_report_reads_postgresql(pg_url, tmp_path, cli_env):
     matches = sum(1 for b in bodies if '"type":"match"' in b)
     assert page.count("<img ") == 5 and f"{matches} match events" in page
     assert "facefleet@" not in page
+
+
+def test_consume_sqs_deletes_in_batches(mocked_aws, tmp_path):
+    """One DeleteMessageBatch per ReceiveMessage: a tenth of the requests SQS bills at fleet scale."""
+    sqs = mocked_aws.client("sqs")
+    url = sqs.create_queue(QueueName="ff-batch")["QueueUrl"]
+    _send(sqs, url, [_event(i) for i in range(30)])
+    calls = []
+    sqs.meta.events.register("before-call.sqs.*", lambda model, **_: calls.append(model.name))
+    c = Consumer(SqliteStore(tmp_path / "ev.sqlite"))
+    polls = []
+    consume_sqs(sqs, url, c, stop=lambda: polls.append(1) or len(polls) > 4, wait_s=0)
+    assert c.stats.stored == 30
+    assert calls.count("DeleteMessage") == 0 and calls.count("DeleteMessageBatch") == calls.count("ReceiveMessage") - 1 == 3
+    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert left["ApproximateNumberOfMessages"] == left["ApproximateNumberOfMessagesNotVisible"] == "0"
+    c.store.close()
