@@ -2,8 +2,8 @@
 accepts both, and a v2 event says which schema it needs.
 
 ``tests/data/events_v1.jsonl`` was written by the version 1 producer (facefleet main at
-7caa76b); ``schemas/event.schema.v1.json`` is that commit's ``schemas/event.schema.json``,
-unchanged.
+01cdfbe, the last commit before schema_version); ``schemas/event.schema.v1.json`` is that
+commit's ``schemas/event.schema.json``, unchanged.
 """
 
 import json

@@ -74,6 +74,19 @@ def test_recipe_manifests_and_lifecycle(recipe):
     assert recipe["ComponentDependencies"]["aws.greengrass.Nucleus"]["VersionRequirement"] == ">=2.6.0"
 
 
+def test_install_reinstalls_exactly_the_component_versions_wheel(recipe):
+    """Issue 10 item 3 (the script itself runs in tests/greengrass/test_deployment_acceptance.py):
+    the stamp is per component version (its artifacts folder) and wheel digest, not the package
+    version every component version shares; item 12: numpy stays < 2 where HailoRT is present."""
+    scripts = {m["Lifecycle"]["Install"]["Script"] for m in recipe["Manifests"]}
+    assert len(scripts) == 1  # one Install for every platform
+    (script,) = scripts
+    assert "basename \"{artifacts:path}\"" in script and "sha256sum" in script
+    assert "--force-reinstall --no-deps" in script
+    assert 'import hailo_platform' in script and 'PIN="numpy<2"' in script
+    assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0  # valid POSIX sh
+
+
 def test_default_configuration_uses_the_shared_schema(recipe):
     default = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     cfg = parse_component_config(default, "(recipe DefaultConfiguration)")
@@ -81,14 +94,14 @@ def test_default_configuration_uses_the_shared_schema(recipe):
     assert cfg.HAILO_REC_HEF == ""  # empty: the Greengrass v1 environment variable may supply it
 
 
-def _mqtt_match(filter_: str, topic: str) -> bool:
-    f, t = filter_.split("/"), topic.split("/")
-    if len(f) != len(t):
-        return False
-    return all(a in ("+", "*") or a == b for a, b in zip(f, t, strict=True))
+def test_access_control_works_on_a_default_nucleus_and_is_least_privilege(recipe):
+    """No ``{iot:thingName}``: a default nucleus (interpolateComponentConfiguration false) never
+    interpolates it, and an uninterpolated resource matches no topic (issue 10 item 1). The
+    resources allow exactly the default topics of any one thing name, under facefleet/ only;
+    the core device's IoT policy is the per-device limit (docs/greengrass.md). Matching is the
+    nucleus's own (tests/greengrass/nucleus.py, WildcardTrie semantics)."""
+    from greengrass.nucleus import resource_matches
 
-
-def test_access_control_is_least_privilege(recipe):
     default = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     acl = default["accessControl"]
     assert set(acl) == {"aws.greengrass.ipc.mqttproxy", "aws.greengrass.ipc.pubsub"}
@@ -101,15 +114,18 @@ def test_access_control_is_least_privilege(recipe):
                 assert op != "*"
                 ops.setdefault(op, []).extend(pol["resources"])
     assert set(ops) == {"aws.greengrass#PublishToIoTCore", "aws.greengrass#SubscribeToIoTCore", "aws.greengrass#PublishToTopic"}
-    thing = "{iot:thingName}"
-    events = default["topics"]["events"].replace("{thing}", thing)
-    for kind in ("match", "status", "error", "model_changed", "command_result"):
-        topic = events.replace("{type}", kind)
-        assert any(_mqtt_match(r, topic) for r in ops["aws.greengrass#PublishToIoTCore"])
-        assert any(_mqtt_match(r, topic) for r in ops["aws.greengrass#PublishToTopic"])
-    assert ops["aws.greengrass#SubscribeToIoTCore"] == [default["topics"]["commands"].replace("{thing}", thing)]
     for resources in ops.values():
-        assert all(r.startswith(f"facefleet/{thing}/") and "#" not in r for r in resources)
+        assert all(r.startswith("facefleet/") and "{iot:" not in r and "#" not in r for r in resources), resources
+    for thing in ("pi-7", "thing-1"):
+        events = default["topics"]["events"].replace("{thing}", thing)
+        for kind in ("match", "status", "error", "model_changed", "command_result"):
+            topic = events.replace("{type}", kind)
+            assert any(resource_matches(r, topic, mqtt=True) for r in ops["aws.greengrass#PublishToIoTCore"])
+            assert any(resource_matches(r, topic, mqtt=False) for r in ops["aws.greengrass#PublishToTopic"])
+        commands = default["topics"]["commands"].replace("{thing}", thing)
+        assert any(resource_matches(r, commands, mqtt=True) for r in ops["aws.greengrass#SubscribeToIoTCore"])
+    for other in ("facefleet/pi-7/commands/x", "other/pi-7/commands", "facefleet/a/b/commands"):
+        assert not any(resource_matches(r, other, mqtt=True) for r in ops["aws.greengrass#SubscribeToIoTCore"])
 
 
 def test_build_lays_out_what_gdk_and_the_device_cli_read(tmp_path, assets):

@@ -26,9 +26,10 @@ EXIT_USAGE = 2
 # inside their handlers, so a device install without the cloud extras still starts.
 EXTENSIONS: tuple[str, ...] = (
     "facefleet.runtime.hailo",
-    "facefleet.cloud.build.cli",
+    "facefleet.cloud.compiler.cli",
     "facefleet.component.cli",
     "facefleet.cloud.fleet_cli",
+    "facefleet.snapshot",
     "facefleet.cloud.stores", "facefleet.cloud.report",  # after fleet_cli: they extend 'events'
 )
 
@@ -166,12 +167,17 @@ def cmd_run(args) -> int:
         pipeline = _build_pipeline(args, cfg, backends)
         sink = JsonlSink(args.events)
         try:
+            publish = sink.publish
+            if getattr(args, "annotate", None):  # draw plan and faces on every frame into a clip
+                from facefleet.annotate import annotate_run
+
+                source, publish = annotate_run(args.annotate, source, pipeline, publish)
             if args.config:  # local mode: the file is watched; changes go through the validated hot swap
                 from facefleet.component.local import run_watched
 
-                n = run_watched(args, cfg, pipeline, source, sink.publish, backends)
+                n = run_watched(args, cfg, pipeline, source, publish, backends)
             else:
-                n = run_source(pipeline, source, sink.publish)
+                n = run_source(pipeline, source, publish)
         finally:
             sink.close()
     finally:
@@ -346,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the pipeline on a source, print one JSON event per line")
     pipeline_args(r)
+    r.add_argument("--annotate", metavar="OUT.mp4", help="also write a clip with the detection plan and the faces drawn (.mp4 or .avi)")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="enroll shared/assets/enroll/* and run on the Hamilton clip")

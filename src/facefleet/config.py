@@ -1,8 +1,12 @@
 """Pipeline configuration: one pydantic schema, loaded from YAML (local mode) or a dict
-(Greengrass), validated with clear one-line errors. Unknown keys are errors, not ignored."""
+(Greengrass), validated with clear one-line errors. Unknown keys are errors in a file the user
+wrote; in a Greengrass configuration they are ignored with a warning, because the nucleus keeps
+keys an older or newer component version left on the device (a merge never removes a key)."""
 
 from __future__ import annotations
 
+import copy
+import logging
 import socket
 from pathlib import Path
 
@@ -13,6 +17,15 @@ from facefleet.errors import FacefleetError
 from facefleet.recognition.strangers import UnknownsConfig
 from facefleet.recognition.tracker import TrackingConfig
 from facefleet.vision.tiling import DetectionPlan
+
+log = logging.getLogger(__name__)
+
+# AWS IoT Core refuses a publish payload over 128 KiB (service quota "Maximum message payload
+# size"); the Greengrass nucleus enforces the same default (maxMessageSizeInBytes, 131072). A
+# command arrives as JSON with the image in base64 (4/3), so an enroll image must stay under
+# (131072 - 2048 bytes of JSON envelope) * 3/4 = 96768 bytes to ever reach a device.
+IOT_CORE_MAX_PAYLOAD = 128 * 1024
+MAX_ENROLL_IMAGE_BYTES = 96_000
 
 
 class _Section(BaseModel):
@@ -106,8 +119,16 @@ class SpoolConfig(_Section):
 
 
 class CommandsConfig(_Section):
-    max_image_bytes: int = Field(2_000_000, ge=1_000, le=20_000_000, description="largest enrollment image accepted "
-                                 "(decoded bytes)")
+    max_image_bytes: int = Field(MAX_ENROLL_IMAGE_BYTES, ge=1_000, le=20_000_000,
+                                 description="largest enrollment image accepted (decoded bytes). A command travels "
+                                 f"through IoT Core (128 KiB payloads, base64 image): values above {MAX_ENROLL_IMAGE_BYTES} "
+                                 "are accepted for older configurations but the limit in force is "
+                                 f"{MAX_ENROLL_IMAGE_BYTES}")
+
+    @property
+    def effective_max_image_bytes(self) -> int:
+        """The limit in force: what the transport can carry, whatever an older version left set."""
+        return min(self.max_image_bytes, MAX_ENROLL_IMAGE_BYTES)
 
 
 class MqttConfig(_Section):
@@ -176,10 +197,45 @@ def parse_config(data: object, origin: str = "", schema: type[PipelineConfig] = 
         raise FacefleetError(format_validation_error(e, origin)) from None
 
 
-def parse_component_config(data: object, origin: str = "") -> ComponentConfig:
-    """Greengrass hands numbers back as floats; pydantic's lax mode accepts 15.0 for an int."""
-    cfg = parse_config(data, origin, ComponentConfig)
-    assert isinstance(cfg, ComponentConfig)
+def _drop(data: dict, loc: tuple) -> bool:
+    node = data
+    for k in loc[:-1]:
+        if (isinstance(node, dict) and k in node) or (isinstance(node, list) and isinstance(k, int) and k < len(node)):
+            node = node[k]
+        else:
+            return False
+    if isinstance(node, dict) and loc and loc[-1] in node:
+        del node[loc[-1]]
+        return True
+    return False
+
+
+def parse_component_config(data: object, origin: str = "", ignored: list[str] | None = None) -> ComponentConfig:
+    """A Greengrass configuration: unknown keys (left by another component version: the nucleus
+    never removes a key on a merge) are dropped with a warning and listed in ``ignored``; a wrong
+    type or value for a known key is still an error. Greengrass hands numbers back as floats;
+    pydantic's lax mode accepts 15.0 for an int."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FacefleetError(f"invalid configuration {origin}: expected a mapping at the top level")
+    data = copy.deepcopy(data)
+    dropped: list[str] = []
+    while True:
+        try:
+            cfg = ComponentConfig.model_validate(data)
+            break
+        except ValidationError as e:
+            extra = [tuple(err["loc"]) for err in e.errors() if err["type"] == "extra_forbidden"]
+            removed = [loc for loc in extra if _drop(data, loc)]
+            if not removed:
+                raise FacefleetError(format_validation_error(e, origin)) from None
+            dropped += [".".join(str(x) for x in loc) for loc in removed]
+    if dropped:
+        log.warning("configuration %s: ignoring unknown key(s) %s (left by another component version?)", origin,
+                    ", ".join(dropped))
+    if ignored is not None:
+        ignored.extend(dropped)
     return cfg
 
 

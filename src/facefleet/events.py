@@ -126,6 +126,8 @@ class StatusEvent(_Event):
     gallery_identities: int = Field(ge=0)
     spool_depth: int = Field(0, ge=0)
     dropped: int = Field(0, ge=0)
+    dead_letter: int = Field(0, ge=0, description="events the transport can never take (e.g. over IoT Core's 128 KiB), "
+                             "set aside in the spool's dead_letter table instead of being retried")
     temperature_c: float | None = Field(None, ge=-50, le=150, description="device temperature in °C (the Hailo chip or the "
                                         "SoC), when the component reads one")
     face_usability: dict[str, FaceUsability] | None = Field(

@@ -61,7 +61,9 @@ class DetectorSpec(_Strict):
     kps: tuple[str, ...] | None = None
     scores_are_logits: bool = False
     bbox_scales: tuple[float, ...] | None = Field(
-        None, description="raw heads: per-stride multipliers of the bbox distances"
+        None, description="raw heads: per-stride multipliers of the bbox distances, for a model cut BEFORE "
+                          "SCRFD's Scale (a raw-heads ONNX export). null for zoo HEFs: their box heads end at the Mul "
+                          "(the scale is inside; see docs/hailo.md)"
     )
     heads_order: Literal["NCHW", "NHWC"] = Field(
         "NCHW", description="raw heads: channel-first (ONNX export) or channel-last (as HailoRT returns them)")

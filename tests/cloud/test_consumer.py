@@ -161,14 +161,19 @@ def test_mqtt_every_event_once_across_a_broker_restart(broker, tmp_path):
 def test_cli_consumes_and_reports_unreachable(broker, tmp_path, cli_env):
     out = tmp_path / "ev.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "facefleet", "events", "--broker", "127.0.0.1", "--port", str(broker.port),
-                             "--out", str(out), "--follow", "--duration", "8", "--client-id", "ff-cli-consumer"],
+                             "--out", str(out), "--follow", "--duration", "6", "--client-id", "ff-cli-consumer"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
     pub = Publisher(broker.port)
     try:
-        time.sleep(2.5)  # the consumer subscribes
+        head = []
+        for line in proc.stderr:  # publish once the consumer says it is subscribed, not after a guessed delay
+            head.append(line)
+            if "subscribed to" in line:
+                break
         for i in range(5):
             pub.publish(to_json(match_event(i)))
         stdout, stderr = proc.communicate(timeout=30)
+        stderr = "".join(head) + stderr
     finally:
         pub.stop()
     assert proc.returncode == 0, stderr
@@ -181,3 +186,93 @@ def test_cli_consumes_and_reports_unreachable(broker, tmp_path, cli_env):
                         "--out", str(tmp_path / "x.jsonl"), "--connect-timeout", "2"],
                        capture_output=True, text=True, env=cli_env, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "unreachable" in r.stderr.strip().splitlines()[-1]
+
+
+def test_setup_rule_twice_updates_the_rule(mocked_aws):
+    """Item 13: a second 'events setup-rule' (e.g. with a new role) succeeds and updates the rule."""
+    iot, sqs = mocked_aws.client("iot"), mocked_aws.client("sqs")
+    setup_rule(iot, sqs, rule_name="ff_events", queue_name="ff-events", role_arn="arn:aws:iam::123456789012:role/a")
+    rule, _ = setup_rule(iot, sqs, rule_name="ff_events", queue_name="ff-events", role_arn="arn:aws:iam::123456789012:role/b")
+    assert iot.get_topic_rule(ruleName=rule)["rule"]["actions"][0]["sqs"]["roleArn"].endswith("role/b")
+    assert len(sqs.list_queues()["QueueUrls"]) == 1
+
+
+def _flaky(client, operation: str, failures: list):
+    """Make the client's next calls of ``operation`` fail the way botocore fails them: raised from
+    the HTTP send (before-send), so botocore's own retry handling sees them first."""
+    def before_send(**_kw):
+        if failures:
+            raise failures.pop(0)
+
+    client.meta.events.register_first(f"before-send.sqs.{operation}", before_send)
+
+
+def _sqs_without_botocore_retries(session):
+    from botocore.config import Config
+
+    return session.client("sqs", config=Config(retries={"total_max_attempts": 1}))
+
+
+def test_sqs_consumer_rides_out_network_and_service_outages(mocked_aws, tmp_path, caplog):
+    """Item 9: EndpointConnectionError / 5xx / throttling past botocore's retries are waited out
+    with backoff; every event arrives once the queue is back."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    sqs = _sqs_without_botocore_retries(mocked_aws)
+    url = sqs.create_queue(QueueName="ff-events")["QueueUrl"]
+    for i in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=to_json(match_event(i)))
+    down = EndpointConnectionError(endpoint_url=url)
+    err500 = ClientError({"Error": {"Code": "InternalError", "Message": "We encountered an internal error"},
+                          "ResponseMetadata": {"HTTPStatusCode": 500}}, "ReceiveMessage")
+    throttled = ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"},
+                             "ResponseMetadata": {"HTTPStatusCode": 403}}, "DeleteMessageBatch")
+    _flaky(sqs, "ReceiveMessage", [down] * 20 + [err500, ReadTimeoutError(endpoint_url=url)])
+    _flaky(sqs, "DeleteMessageBatch", [throttled, down])
+    slept: list[float] = []
+    c = Consumer(SqliteStore(tmp_path / "ev.db"))
+    consume_sqs(sqs, url, c, stop=lambda: c.stats.stored == 5 and len(slept) > 0, wait_s=0, sleep=slept.append)
+    assert c.stats.stored == 5 and c.stats.duplicates == 0
+    assert max(slept) == 1.0 and sum(slept) > 300  # capped 1 s naps; backoff grew to minutes
+    assert "SQS unreachable (EndpointConnectionError" in caplog.text
+
+
+def test_sqs_consumer_stops_during_an_outage_and_reports_real_errors(mocked_aws, tmp_path):
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    sqs = _sqs_without_botocore_retries(mocked_aws)
+    url = sqs.create_queue(QueueName="ff-events")["QueueUrl"]
+    _flaky(sqs, "ReceiveMessage", [EndpointConnectionError(endpoint_url=url)] * 1000)
+    slept: list[float] = []
+    c = Consumer(SqliteStore(tmp_path / "ev.db"))
+    consume_sqs(sqs, url, c, stop=lambda: len(slept) >= 50, wait_s=0, sleep=slept.append)  # returns, no raise
+    with pytest.raises(ClientError, match=r"NonExistentQueue|QueueDoesNotExist"):
+        consume_sqs(mocked_aws.client("sqs"), url + "-gone", c, stop=lambda: False, wait_s=0, sleep=slept.append)
+
+
+def test_a_refused_subscription_is_an_error_not_success():
+    """Item 13: a SUBACK whose reason code is a failure (MQTT 5.0 section 3.9.3: >= 0x80; AWS IoT
+    Core answers 0x87 Not authorized when the policy denies iot:Subscribe) is refused, not success.
+    mosquitto 2.0.11 grants an ACL-denied filter and filters at delivery, so the SUBACK is awscrt's
+    own SubackPacket, completed the way awscrt completes the subscribe future."""
+    from concurrent.futures import Future
+
+    from awscrt import mqtt5
+
+    from component.broker import free_port
+    from facefleet.errors import FacefleetError
+
+    sub = MqttSubscriber("127.0.0.1", free_port(), lambda *_: None, client_id="ff-refused")
+    try:
+        refused: Future = Future()
+        refused.set_result(mqtt5.SubackPacket(reason_codes=[mqtt5.SubackReasonCode.NOT_AUTHORIZED]))
+        sub._on_suback(refused)
+        with pytest.raises(FacefleetError, match="refused the subscription to facefleet/\\+/events/#: NOT_AUTHORIZED"):
+            sub.wait_ready(1)
+        granted: Future = Future()
+        granted.set_result(mqtt5.SubackPacket(reason_codes=[mqtt5.SubackReasonCode.GRANTED_QOS_1]))
+        sub.refused = None
+        sub._on_suback(granted)
+        assert sub.wait_ready(1) is True
+    finally:
+        sub.stop()

@@ -34,13 +34,14 @@ def _hef_spec(onnx_spec, hef: Path, fidelity: dict | None) -> dict:
     return d
 
 
-@pytest.fixture
-def build_dir(tmp_path, assets):
-    """The real build script (what 'gdk component build' runs) on a model folder with HEFs."""
+def model_dir(tmp_path: Path, assets: Path) -> Path:
+    """The model files the recipe names: the ONNX fallback and HEF stand-ins with their ModelSpecs
+    (the recognizer's with a passed fidelity gate)."""
     models = tmp_path / "models"
-    models.mkdir()
+    models.mkdir(exist_ok=True)
     for name in ("det_500m.onnx", "w600k_mbf_fp32.onnx"):
-        (models / name).symlink_to(assets / "models" / name)
+        if not (models / name).exists():
+            (models / name).symlink_to(assets / "models" / name)
     specs = {"scrfd_2.5g": resolve_model(assets / "models" / "scrfd_2.5g_rawheads.onnx").spec,
              "w600k_mbf": resolve_model(assets / "models" / "w600k_mbf_fp32.onnx").spec}
     for stem, spec in specs.items():
@@ -48,21 +49,37 @@ def build_dir(tmp_path, assets):
         hef.write_bytes(f"HEF stand-in for {stem}".encode() * 1000)
         fidelity = {"passed": True, "recommended": {"match_threshold": 0.43}} if spec.kind == "recognizer" else None
         (models / f"{stem}.json").write_text(json.dumps(_hef_spec(spec, hef, fidelity)))
-    wheel = tmp_path / "facefleet.whl"
-    wheel.write_bytes(b"PK wheel stand-in" * 100)
-    out = tmp_path / "greengrass-build"
+    return models
+
+
+def gdk_build(out: Path, models: Path, wheel: Path) -> Path:
+    """The real build script (what 'gdk component build' runs)."""
     r = subprocess.run([sys.executable, str(ROOT / "build" / "gdk_build.py"), "--out", str(out), "--model-dir", str(models),
                         "--wheel", str(wheel)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return out
 
 
-def _gg(session, existing: list[str]):
+@pytest.fixture
+def build_dir(tmp_path, assets):
+    wheel = tmp_path / "facefleet.whl"
+    wheel.write_bytes(b"PK wheel stand-in" * 100)
+    return gdk_build(tmp_path / "greengrass-build", model_dir(tmp_path, assets), wheel)
+
+
+def _gg(session, existing: list[str], latest_recipe: dict | None = None):
+    """ListComponentVersions, then GetComponent of the highest version (its gallery archives are carried)."""
     gg = session.client("greengrassv2")
     stub = Stubber(gg)
+    base = f"arn:aws:greengrass:{REGION}:123456789012:components:{COMPONENT}"
     stub.add_response("list_component_versions",
                       {"componentVersions": [{"componentName": COMPONENT, "componentVersion": v} for v in existing]},
-                      {"arn": f"arn:aws:greengrass:{REGION}:123456789012:components:{COMPONENT}"})
+                      {"arn": base})
+    if existing:
+        top = max(existing, key=lambda v: tuple(map(int, v.split("."))))
+        recipe = latest_recipe or {"ComponentName": COMPONENT, "ComponentVersion": top}
+        stub.add_response("get_component", {"recipeOutputFormat": "JSON", "recipe": json.dumps(recipe).encode()},
+                          {"arn": f"{base}:versions:{top}", "recipeOutputFormat": "JSON"})
     return gg, stub
 
 
@@ -125,7 +142,7 @@ def test_publish_like_gdk_with_digests_and_content_addressed_models(mocked_aws, 
     enroll_images(g, load_detector(), "obama", [assets / "enroll" / "obama.jpg"])
     archive = tmp_path / "lobby-people.tar.gz"
     g.export_archive(archive)
-    gg2, stub2 = _gg(mocked_aws, ["1.0.0", "1.0.5"])
+    gg2, stub2 = _gg(mocked_aws, ["1.0.0", "1.0.5"], recipe)
     captured2: list = []
     _capture(gg2, captured2)
     _expect_create(stub2, "1.0.6", captured2)
@@ -134,7 +151,24 @@ def test_publish_like_gdk_with_digests_and_content_addressed_models(mocked_aws, 
     uploaded = {a.path.name for a in res2.artifacts if a.uploaded}
     assert uploaded == {"facefleet-0.1.0-py3-none-any.whl", "lobby-people.tar.gz"}
     assert captured2[0]["ComponentConfiguration"]["DefaultConfiguration"]["gallery_archives"] == ["lobby-people.tar.gz"]
-    assert all(any(a["URI"].endswith("/lobby-people.tar.gz") for a in m["Artifacts"]) for m in captured2[0]["Manifests"])
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    for m in captured2[0]["Manifests"]:
+        (art,) = [a for a in m["Artifacts"] if a["URI"].endswith("/lobby-people.tar.gz")]
+        assert art["URI"] == f"s3://{res2.bucket}/galleries/sha256/{sha}/lobby-people.tar.gz"  # content-addressed
+
+    # item 4: the next version, published without the archive, ships it again (same object, same
+    # digest), so the name devices keep in their configuration resolves in ITS artifacts folder
+    gg3, stub3 = _gg(mocked_aws, ["1.0.0", "1.0.5", "1.0.6"], captured2[0])
+    captured3: list = []
+    _capture(gg3, captured3)
+    _expect_create(stub3, "1.0.7", captured3)
+    with stub3:
+        res3 = _run(mocked_aws, gg3, build_dir, version_spec="NEXT_PATCH")
+    assert {a.path.name for a in res3.artifacts if a.uploaded} == {"facefleet-0.1.0-py3-none-any.whl"}
+    assert captured3[0]["ComponentConfiguration"]["DefaultConfiguration"]["gallery_archives"] == ["lobby-people.tar.gz"]
+    for m2, m3 in zip(captured2[0]["Manifests"], captured3[0]["Manifests"], strict=True):
+        assert [a for a in m3["Artifacts"] if a["URI"].endswith("/lobby-people.tar.gz")] == [
+            a for a in m2["Artifacts"] if a["URI"].endswith("/lobby-people.tar.gz")]
 
 
 @pytest.mark.parametrize(("fidelity", "needle"), [
@@ -164,8 +198,7 @@ def test_stale_model_json_and_failed_version(mocked_aws, build_dir):
 
 
 def test_failed_component_reports_its_errors(mocked_aws, build_dir):
-    gg = mocked_aws.client("greengrassv2")
-    stub = Stubber(gg)
+    gg, stub = _gg(mocked_aws, [])
     arn = f"arn:aws:greengrass:{REGION}:123456789012:components:{COMPONENT}:versions:2.0.0"
     stub.add_response("create_component_version", {"arn": arn, "componentName": COMPONENT, "componentVersion": "2.0.0",
                                                    "creationTimestamp": NOW, "status": {"componentState": "REQUESTED"}},
@@ -184,3 +217,18 @@ def test_cli_errors(no_credentials_env, tmp_path):
                         "--skip-build", "--build-dir", str(tmp_path)], capture_output=True, text=True, env=no_credentials_env,
                        timeout=60)
     assert r.returncode == 1 and "AWS credentials not found" in r.stderr.strip().splitlines()[-1]
+
+
+def test_skip_build_after_a_real_gdk_publish(mocked_aws, build_dir):
+    """Item 13: 'gdk component publish' writes its own <name>-<version>.<ext> beside the build's
+    recipe (GDK 1.6.2 PublishRecipeTransformer.create_publish_recipe_file); publish --skip-build
+    must still find the build's one."""
+    built = next((build_dir / "recipes").iterdir())
+    (build_dir / "recipes" / f"{COMPONENT}-1.0.3.yaml").write_text(built.read_text().replace("0.1.0", "1.0.3"))
+    gg, stub = _gg(mocked_aws, ["1.0.3"])
+    captured: list = []
+    _capture(gg, captured)
+    _expect_create(stub, "1.0.4", captured)
+    with stub:
+        res = _run(mocked_aws, gg, build_dir, version_spec="NEXT_PATCH")
+    assert res.version == "1.0.4" and captured[0]["ComponentVersion"] == "1.0.4"

@@ -13,7 +13,7 @@ from facefleet.component.models import model_paths
 from facefleet.config import ComponentConfig, parse_component_config
 from facefleet.modelspec import load_catalog, sha256_file
 
-from .helpers import DET, MBF128, W600K, base_config, start_component, wait_until
+from .helpers import DET, MBF128, W600K, base_config, wait_until
 
 
 def _with(cfg: dict, path: str, value) -> dict:
@@ -41,9 +41,9 @@ def bad_models(tmp_path, assets):
     return {"corrupt": str(corrupt), "wrong": str(wrong)}
 
 
-def test_invalid_configurations_are_rejected_while_the_pipeline_runs(tmp_path, assets, bad_models, long_video):
+def test_invalid_configurations_are_rejected_while_the_pipeline_runs(greengrass, assets, bad_models, long_video):
     cfg = base_config(assets, cameras=[{"id": "stage", "source": str(long_video), "fps_cap": None}])
-    comp, ipc = start_component(tmp_path, assets, cfg)
+    comp, ipc = greengrass(cfg)
     try:
         worker = comp.cameras["stage"]
         assert wait_until(lambda: worker.frames >= 3, 60)
@@ -67,7 +67,6 @@ def test_invalid_configurations_are_rejected_while_the_pipeline_runs(tmp_path, a
             (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://a/1"}, {"id": "c1", "source": "rtsp://b/1"}]), "unique"),
             (_with(cfg, "spool", {"max_events": 0}), "spool.max_events"),
             (_with(cfg, "topics", {"events": "facefleet/#"}), "wildcards"),
-            (_with(cfg, "bogus_key", 1), "bogus_key"),
             (_with(cfg, "models.backend", "hailo"), "HAILO_DET_HEF"),
             ([1, 2, 3], "mapping"),
         ]
@@ -81,10 +80,14 @@ def test_invalid_configurations_are_rejected_while_the_pipeline_runs(tmp_path, a
         # a valid proposal is accepted: the check does not just say no
         ok = ipc.push_validation(_with(cfg, "models.recognizer", MBF128))
         assert ok.status == "ACCEPTED", ok.message
+        # keys another component version left on the device are ignored, and said so
+        left = ipc.push_validation(_with(cfg, "bogus_key", 1))
+        assert left.status == "ACCEPTED" and "bogus_key" in left.message, left.message
         # the same bad configurations pushed as a live update: an error event, the old models serve on
-        ipc.push_configuration(_with(cfg, "models.recognizer", bad_models["wrong"]))
-        ipc.push_configuration(_with(cfg, "detection", {"score_threshold": 7}))
-        assert wait_until(lambda: len(ipc.events("error")) >= 2, 10)
+        ipc.set_configuration(_with(cfg, "models.recognizer", bad_models["wrong"]))
+        assert wait_until(lambda: len(ipc.events("error")) >= 1, 60)
+        ipc.set_configuration(_with(cfg, "detection", {"score_threshold": 7}))
+        assert wait_until(lambda: len(ipc.events("error")) >= 2, 60)
         errors = [e["message"] for e in ipc.events("error")]
         assert any("keeping the serving models" in m and "embedding_that_is_not_there" in m for m in errors)
         assert any("detection.score_threshold" in m for m in errors)
@@ -144,3 +147,20 @@ def test_configured_sha256_must_match(tmp_path, assets):
     cfg = parse_component_config(base_config(assets, models={"backend": "onnx", "detector": DET, "recognizer": W600K,
                                                                "recognizer_sha256": good}))
     check_files(cfg, model_paths(cfg, assets / "models", {}))
+
+
+def test_keys_left_by_another_version_do_not_stop_the_component(greengrass, assets):
+    """Issue 10 item 13: the nucleus keeps keys a merge does not name (an older version's
+    ``models.old_option``, a newer version's ``future_section``): the component starts and
+    serves; a known key with a wrong type is still refused."""
+    cfg = base_config(assets, future_section={"x": 1}, models={"backend": "onnx", "detector": DET, "recognizer": W600K,
+                                                               "old_option": True})
+    comp, nucleus = greengrass(cfg)
+    try:
+        assert nucleus.states == ["RUNNING"]
+        report = nucleus.push_validation(_with(cfg, "status_interval_s", "often"))
+        assert report.status == "REJECTED" and "status_interval_s" in report.message
+    finally:
+        comp.stop()
+    with pytest.raises(Exception, match="status_interval_s"):
+        parse_component_config({"status_interval_s": "often", "left_over": 1})

@@ -4,6 +4,7 @@ broker across a 30 s outage and across a killed process."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -144,12 +145,16 @@ def test_component_killed_and_restarted_resends_its_spool(tmp_path, assets, brok
     """The real component (video camera, status events) publishing to mosquitto; the broker goes
     away, events pile up in the spool, the process is SIGKILLed, then restarted: every event
     that was spooled arrives."""
+    from greengrass.nucleus import Nucleus
+
     from .helpers import base_config
 
     cfg = base_config(assets, cameras=[{"id": "stage", "source": str(long_video), "fps_cap": None}], status_interval_s=1)
+    nucleus = Nucleus(cfg, thing="thing-1")
+    env = {**os.environ, **nucleus.environ()}
     child_cmd = [sys.executable, str(Path(__file__).parent / "component_child.py"), str(tmp_path), str(assets / "models"),
-                 str(broker.port), json.dumps(cfg)]
-    child = subprocess.Popen(child_cmd, stdout=subprocess.PIPE, text=True)
+                 str(broker.port)]
+    child = subprocess.Popen(child_cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert child.stdout.readline().strip() == "serving"
         end = time.monotonic() + 60
@@ -174,9 +179,11 @@ def test_component_killed_and_restarted_resends_its_spool(tmp_path, assets, brok
         assert len(pending) >= 5 and "status" in kinds
         assert not pending & collector.ids
         broker.start()
-        child = subprocess.Popen(child_cmd, stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(child_cmd, stdout=subprocess.PIPE, text=True, env=env)
         assert child.stdout.readline().strip() == "serving"
         assert collector.wait_for(pending, 60), f"{len(pending - collector.ids)} spooled event(s) never arrived"
+        assert nucleus.states == ["RUNNING", "RUNNING"]
     finally:
         child.kill()
         child.wait(10)
+        nucleus.close()

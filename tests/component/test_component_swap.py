@@ -7,17 +7,18 @@ import cv2
 
 from facefleet.recognition.gallery import Gallery
 
-from .helpers import MBF128, base_config, make_gallery, start_component, wait_until
+from .helpers import MBF128, base_config, make_gallery, wait_until
 
 
-def test_swap_recognizer_while_the_video_plays(tmp_path, assets, load_detector, load_recognizer, long_video, clip_frames):
+def test_swap_recognizer_while_the_video_plays(tmp_path, greengrass, assets, load_detector, load_recognizer, long_video,
+                                               clip_frames):
     make_gallery(tmp_path, assets, load_detector())
     total = 3 * len(clip_frames)
     cap = cv2.VideoCapture(str(long_video))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == total
     cap.release()
     cfg = base_config(assets, cameras=[{"id": "stage", "source": str(long_video), "fps_cap": None}])
-    comp, ipc = start_component(tmp_path, assets, cfg)
+    comp, ipc = greengrass(cfg)
     try:
         worker = comp.cameras["stage"]
         old_fp = comp.models.recognizer.fingerprint
@@ -25,7 +26,8 @@ def test_swap_recognizer_while_the_video_plays(tmp_path, assets, load_detector, 
         assert wait_until(lambda: worker.frames >= 40, 120)
         new_cfg = dict(cfg, models=dict(cfg["models"], recognizer=MBF128))
         assert ipc.push_validation(new_cfg).status == "ACCEPTED"
-        ipc.push_configuration(new_cfg)           # the swap runs here, beside the serving models
+        ipc.set_configuration(new_cfg)            # the swap runs in the component, beside the serving models
+        assert wait_until(lambda: comp.models.recognizer.fingerprint != old_fp, 120)
         swapped_at = worker.frames
         assert swapped_at < total, "the video ended before the swap: nothing proven"
         new_fp = comp.models.recognizer.fingerprint
@@ -44,9 +46,9 @@ def test_swap_recognizer_while_the_video_plays(tmp_path, assets, load_detector, 
         assert {e["identity"] for e in after if e["decision"] == "identified"} >= {"miranda"}
         assert all(e["frame_index"] >= swapped_at - 1 for e in after if e["models"]["recognizer"] == new_fp)
         # events went to IoT Core (QoS 1) on the component's topic, and a local copy to pub/sub
-        topics = {t for t, _, _ in ipc.published}
+        topics = {t for t, _, _ in ipc.cloud}
         assert "facefleet/thing-1/events/match" in topics and "facefleet/thing-1/events/model_changed" in topics
-        assert {q for _, q, _ in ipc.published} == {"1"}
-        assert len(ipc.local) == len(ipc.published)
+        assert {q for _, q, _ in ipc.cloud} == {"1"}
+        assert len(ipc.local) == len(ipc.cloud)
     finally:
         comp.stop()

@@ -22,6 +22,9 @@ SCRFD_2_5G = {
     "conv43": ("440", (80, 80, 8)), "conv50": ("478", (40, 40, 8)), "conv56": ("516", (20, 20, 8)),
     "conv44": ("442", (80, 80, 20)), "conv51": ("480", (40, 40, 20)), "conv57": ("518", (20, 20, 20)),
 }
+# the zoo's SCRFD HEFs end at the Mul after each box conv (hailo_model_zoo cfg/networks/scrfd_2.5g.yaml
+# end nodes Mul_116/140/164): the per-stride bbox scale of the raw-heads twin is computed inside
+SCRFD_2_5G_BOX_SCALES = {"conv43": 0.8807, "conv50": 0.9315, "conv56": 1.1424}
 ARCFACE = {"fc1": ("516", (512,))}
 TWIN_NORM = {"scrfd": {"mean": [127.5] * 3, "std": [128.0] * 3}, "arcface": {"mean": [127.5] * 3, "std": [127.5] * 3}}
 
@@ -52,20 +55,24 @@ def calibrate(values: np.ndarray, margin: float = 1.25) -> tuple[float, float]:
 
 def write_hef(path: Path, network: str, twin: Path | None, norm: dict | None, input_shape: tuple[int, int, int],
               outputs: dict[str, tuple[str, tuple[int, ...]]], calib: np.ndarray | None = None,
-              hw_arch: str = "hailo8", queue: int = 8, order: list[str] | None = None) -> Path:
-    """Write a test HEF; ``calib`` (uint8 RGB NHWC frames) sets each output's qp from the twin's range."""
+              hw_arch: str = "hailo8", queue: int = 8, order: list[str] | None = None,
+              scales: dict[str, float] | None = None) -> Path:
+    """Write a test HEF; ``calib`` (uint8 RGB NHWC frames) sets each output's qp from the twin's range;
+    ``scales`` multiplies outputs inside the "HEF" (a Mul compiled in, like the zoo SCRFD box heads)."""
     names = list(outputs)
+    scales = scales or {}
     qps = {n: (0.05, 128.0) for n in names}
     if calib is not None and twin is not None:
         vals = twin_outputs(twin, norm, calib, [outputs[n][0] for n in names])
-        qps = {n: calibrate(v) for n, v in zip(names, vals, strict=True)}
+        qps = {n: calibrate(v * scales.get(n, 1.0)) for n, v in zip(names, vals, strict=True)}
     data = {
         "hailo_test_hef": 1, "network_group": network, "hw_arch": hw_arch, "async_queue_size": queue,
         "twin": str(twin) if twin else None,
         "input": {"name": f"{network}/input_layer1", "shape": list(input_shape), "twin_layout": "NCHW",
                   "normalization": norm},
         "outputs": [{"name": f"{network}/{n}", "twin_name": outputs[n][0], "shape": list(outputs[n][1]),
-                     "twin_layout": "NCHW", "qp_scale": qps[n][0], "qp_zp": qps[n][1]} for n in (order or names)],
+                     "twin_layout": "NCHW", "qp_scale": qps[n][0], "qp_zp": qps[n][1], "twin_scale": scales.get(n, 1.0)}
+                    for n in (order or names)],
     }
     path.write_text(json.dumps(data, indent=1))
     return path

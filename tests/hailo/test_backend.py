@@ -18,6 +18,8 @@ from facefleet.runtime.hailo import HailoBackend, hef_spec, scrfd_heads_by_shape
 
 from .hailo_hefs import ARCFACE, SCRFD_2_5G, TWIN_NORM, catalog_spec, with_sidecar, write_hef
 
+pytestmark = pytest.mark.usefixtures("surface")  # every test on every HailoRT surface
+
 
 def test_spec_from_hef_maps_heads_by_shape(hefs):
     spec = resolve_model(hefs["det"]).spec
@@ -29,7 +31,9 @@ def test_spec_from_hef_maps_heads_by_shape(hefs):
     assert d.scores == ("scrfd_2_5g/conv42", "scrfd_2_5g/conv49", "scrfd_2_5g/conv55")
     assert d.bbox == ("scrfd_2_5g/conv43", "scrfd_2_5g/conv50", "scrfd_2_5g/conv56")
     assert d.kps == ("scrfd_2_5g/conv44", "scrfd_2_5g/conv51", "scrfd_2_5g/conv57")
-    assert d.heads_order == "NHWC" and d.layout == "raw_heads" and d.bbox_scales == (0.8807, 0.9315, 1.1424)
+    # item 4: the zoo HEF has the bbox scale inside (its end nodes are the Mul): none on the host
+    assert d.heads_order == "NHWC" and d.layout == "raw_heads" and d.bbox_scales is None
+    assert spec.provenance["bbox_scale"] == "in_hef"
     rec = resolve_model(hefs["rec"]).spec.recognizer
     assert rec.output == "arcface_mobilefacenet/fc1" and rec.embedding_size == 512
 
@@ -106,7 +110,9 @@ def test_batch_equals_single_runs(hailo_models, people):
     assert rec.infer_seconds > 0 and norms.min() > 1
 
 
-def test_detector_on_hailo_matches_onnx_twin(hailo_models, clip_frames, load_detector):
+def test_item4_zoo_scrfd_hef_boxes_match_onnx_without_double_scaling(hailo_models, clip_frames, load_detector):
+    """Item 4: the zoo HEF computes the bbox scale inside; its spec (from ``hef_spec`` with the
+    raw-heads template) must not scale again, or boxes shrink/grow by -12/-7/+14 % per stride."""
     _, det, _ = hailo_models
     hailo = Detector(det)
     onnx = load_detector("scrfd_2.5g_rawheads")
@@ -149,10 +155,41 @@ def test_error_hef_invalid(hailo_backend, tmp_path, hefs):
         hailo_backend.load(resolve_model(bad))
 
 
-def test_error_hef_not_compatible(hailo_backend, tmp_path):
-    hef = with_sidecar(_write(tmp_path / "h8l.hef", hw_arch="hailo8l"), catalog_spec("w600k_mbf_fp32"))
+def test_item1_incompatible_hef_is_one_line_on_every_version(hailo_backend, tmp_path, machine, surface):
+    """Item 1: HailoRTHEFNotCompatibleWithDevice exists only from 4.21; before, configure() raises
+    HailoRTInvalidHEFException. Either way: one clear line, never an AttributeError."""
+    machine.arch = "hailo8l"
+    hef = with_sidecar(_write(tmp_path / "h8.hef", hw_arch="hailo8"), catalog_spec("w600k_mbf_fp32"))
     with pytest.raises(FacefleetError, match="not compatible with this Hailo device"):
         hailo_backend.load(resolve_model(hef))
+
+
+def test_hailo8l_hef_runs_on_a_hailo8_with_a_warning(tmp_path, machine):
+    events = []
+    backend = HailoBackend(on_event=events.append)
+    try:
+        hef = with_sidecar(_write(tmp_path / "h8l.hef", hw_arch="hailo8l"), catalog_spec("w600k_mbf_fp32"))
+        model = backend.load(resolve_model(hef))  # HailoRT accepts it (device_internal.cpp v4.23.0:614-617)
+        assert model.run(np.zeros((1, 112, 112, 3), np.uint8))["arcface_mobilefacenet/fc1"].shape == (1, 512)
+        assert any("compiled for Hailo8L" in w for w in machine.warnings)
+        spec = json.loads(hef.with_suffix(".json").read_text())
+        spec["provenance"] = {**spec["provenance"], "hw_arch": "hailo8l"}
+        copy = tmp_path / "h8l_b.hef"
+        copy.write_bytes(hef.read_bytes())
+        copy.with_suffix(".json").write_text(json.dumps({**spec, "file": copy.name}))
+        backend.load(resolve_model(copy))  # what the spec's provenance says is checked by facefleet too
+        assert [e["type"] for e in events] == ["hailo_warning"] and "lower performance" in events[0]["message"]
+    finally:
+        backend.close()
+    machine.arch = "hailo8l"  # and a hailo8 HEF (per its provenance) is refused before HailoRT sees it
+    spec["provenance"]["hw_arch"] = "hailo8"
+    copy.with_suffix(".json").write_text(json.dumps({**spec, "file": copy.name}))
+    other = HailoBackend()
+    try:
+        with pytest.raises(FacefleetError, match="compiled for hailo8; this device is a hailo8l"):
+            other.load(resolve_model(copy))
+    finally:
+        other.close()
 
 
 def test_error_device_missing(hailo_backend, hefs, machine):
@@ -161,11 +198,14 @@ def test_error_device_missing(hailo_backend, hefs, machine):
         hailo_backend.load(resolve_model(hefs["rec"]))
 
 
-def test_error_device_busy(hefs, machine):
+def test_item2_busy_device_is_reported_as_busy_with_what_to_do(hefs, machine):
+    """Item 2: a chip held elsewhere is HAILO_OUT_OF_PHYSICAL_DEVICES (74), like a missing chip
+    (vdevice.cpp v4.23.0:853-864): the backend tells them apart with Device.scan()."""
     machine.held_by_other_process = True
     b = HailoBackend()
-    with pytest.raises(FacefleetError, match="Hailo device is busy"):
+    with pytest.raises(FacefleetError, match=r"Hailo device 0000:01:00.0 is busy .*hailort.service") as e:
         b.load(resolve_model(hefs["rec"]))
+    assert "FACEFLEET_HAILO_MULTI_PROCESS=1" in str(e.value) and "\n" not in str(e.value)
     machine.held_by_other_process = False
     first = HailoBackend()
     first.load(resolve_model(hefs["rec"]))
@@ -174,6 +214,93 @@ def test_error_device_busy(hefs, machine):
             HailoBackend().load(resolve_model(hefs["det"]))
     finally:
         first.close()
+
+
+def test_item2_multi_process_service_shares_the_chip(hefs, machine, monkeypatch):
+    monkeypatch.setenv("FACEFLEET_HAILO_MULTI_PROCESS", "1")
+    with pytest.raises(FacefleetError, match="multi-process service is not running"):
+        HailoBackend().load(resolve_model(hefs["rec"]))
+    machine.service_running = True
+    a, b = HailoBackend(), HailoBackend()  # e.g. the component and `facefleet gallery add`
+    try:
+        a.load(resolve_model(hefs["rec"]))
+        rec = b.load(resolve_model(hefs["rec"]))
+        assert rec.run(np.zeros((1, 112, 112, 3), np.uint8))["arcface_mobilefacenet/fc1"].shape == (1, 512)
+        assert b.vdevice._params.multi_process_service is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_item3_reused_buffers_never_give_stale_outputs(hailo_models, people, surface):
+    """Item 3: HailoRT 4.18.0 copies Bindings shallowly; reusing them gives the first run's
+    outputs forever after (infer_model_api.hpp v4.18.0:133, .cpp v4.18.0:270-299)."""
+    _, _, rec = hailo_models
+    _, crops = people
+    a, b = np.ascontiguousarray(crops[:1]), np.ascontiguousarray(crops[5:6])
+    out_a = rec.run(a)["arcface_mobilefacenet/fc1"].copy()
+    out_b = rec.run(b)["arcface_mobilefacenet/fc1"].copy()
+    again = rec.run(a)["arcface_mobilefacenet/fc1"].copy()
+    assert not np.allclose(out_a, out_b)
+    np.testing.assert_array_equal(out_a, again)
+
+
+def test_item6_recovers_after_a_failed_job(hefs, machine, people, surface):
+    """Item 6: after a failed job HailoRT's pipeline is dead for good (async_infer_runner.cpp
+    v4.23.0:62-95, 284-286); the backend re-configures, retries, and reports it."""
+    events = []
+    backend = HailoBackend(on_event=events.append, retries=1)
+    try:
+        rec = backend.load(resolve_model(hefs["rec"]))
+        face = np.ascontiguousarray(people[1][:1])
+        clean = rec.run(face)["arcface_mobilefacenet/fc1"].copy()
+        machine.fail_next_jobs = 1
+        np.testing.assert_array_equal(rec.run(face)["arcface_mobilefacenet/fc1"], clean)  # the frame is not lost
+        assert [e["type"] for e in events] == ["hailo_error", "hailo_recovered"]
+        assert backend.health()["recoveries"] == 1 and rec._cfg.generation == 1
+        machine.fail_next_jobs = 5  # a chip that keeps failing: bounded, one line, no endless loop
+        with pytest.raises(FacefleetError, match=r"inference failed on the Hailo device \(2 attempts\)"):
+            rec.run(face)
+        assert machine.fail_next_jobs == 3
+        machine.fail_next_jobs = 0  # the chip is back: the model was re-configured, the next frame works
+        np.testing.assert_array_equal(rec.run(face)["arcface_mobilefacenet/fc1"], clean)
+        assert backend.health()["errors"] == 3
+    finally:
+        backend.close()
+
+
+def test_item7_a_timed_out_job_never_writes_into_the_next_frame(hefs, machine, people, surface):
+    """Item 7: after a timeout the job still runs (AsyncInferJob.wait only waits, infer_model.cpp
+    v4.23.0:1061-1070) and memcpys into its buffers when it completes (infer_model_api.cpp v4.23.0:327)."""
+    backend = HailoBackend(timeout_ms=50)
+    try:
+        rec = backend.load(resolve_model(hefs["rec"]))
+        _, crops = people
+        machine.stall()
+        with pytest.raises(FacefleetError, match="did not answer within 50 ms"):
+            rec.run(np.ascontiguousarray(crops[:1]))
+        machine.unstall()
+        rec._cfg.timeout_ms = 10_000  # the device answers again (and a loaded CI machine is slow)
+        out = rec.run(np.ascontiguousarray(crops[7:8]))
+        before = {k: v.copy() for k, v in out.items()}
+        machine.release_stalled()  # the stuck job completes now and writes into ITS buffers
+        for k, v in out.items():
+            np.testing.assert_array_equal(v, before[k])
+        assert backend.health()["timeouts"] == 1
+    finally:
+        machine.release_stalled()
+        backend.close()
+
+
+def test_health_reports_temperature_throttling_and_arch(hailo_models, machine):
+    backend, _, _ = hailo_models
+    h = backend.health()
+    assert h["temperature_c"] == 48.25 and h["throttling"] is False and h["arch"] == "hailo8"
+    assert h["device"] == "0000:01:00.0" and h["hailort"] and set(h["models"]) == {"scrfd_2_5g", "arcface_mobilefacenet"}
+    machine.throttling, machine.temperature = True, None  # a firmware without the control: None, not an error
+    h = backend.health()
+    assert h["throttling"] is True and h["temperature_c"] is None
+    assert HailoBackend().health()["temperature_c"] is None  # no device opened: nothing read, nothing raised
 
 
 def test_shared_group_lets_two_backends_in(hefs):

@@ -19,6 +19,8 @@ from hailo_platform.pyhailort.pyhailort import (
     InferModel,
 )
 
+pytestmark = pytest.mark.usefixtures("surface")  # every test on every HailoRT surface
+
 
 def _scheduled() -> VDevice:
     params = VDevice.create_params()
@@ -36,8 +38,13 @@ def _bindings(cim: ConfiguredInferModel, im: InferModel):
     return b
 
 
-def test_module_layout_and_exports():
-    assert hailo_platform.__version__.startswith("4.")
+def test_module_layout_and_exports(surface):
+    from hailo_platform.pyhailort import pyhailort
+
+    assert hailo_platform.__version__ == surface
+    assert hasattr(pyhailort, "HailoRTHEFNotCompatibleWithDevice") == (surface >= "4.21")  # pyhailort.py v4.21.0:94
+    assert hasattr(hailo_platform, "HailoCommunicationClosedException") == (surface >= "4.20")
+    assert hasattr(pyhailort, "HailoRTDriverOperationFailedException") == (surface >= "4.20")
     for name in ("InferModel", "ConfiguredInferModel", "AsyncInferCompletionInfo", "HailoRTTimeout",
                  "HailoRTHEFNotCompatibleWithDevice", "HailoRTNotFoundException"):
         assert not hasattr(hailo_platform, name), f"{name} is not re-exported by the real package"
@@ -70,13 +77,21 @@ def test_scheduler_none_is_a_trap(hefs):
             assert np.isfinite(b.output().get_buffer()).all()
 
 
-def test_buffers_contiguity_and_byte_size(hefs):
+def test_buffers_contiguity_and_byte_size(hefs, surface):
     with _scheduled() as vd:
         im = vd.create_infer_model(str(hefs["rec"]))
         with im.configure() as cim:
             b = _bindings(cim, im)
-            with pytest.raises(HailoRTException, match="C_CONTIGUOUS"):
-                b.input().set_buffer(np.zeros((112, 224, 3), np.uint8)[:, ::2])
+            strided = np.zeros((112, 224, 3), np.uint8)[:, ::2]
+            if surface == "4.18.0":  # pyhailort.py v4.18.0:2979-2990 checks nothing
+                b.input().set_buffer(strided)
+            else:  # v4.19.0:2993 / v4.23.0:3016
+                with pytest.raises(HailoRTException, match="C_CONTIGUOUS"):
+                    b.input().set_buffer(strided)
+            with pytest.raises(ValueError, match="not writeable"):  # infer_model_api.cpp v4.23.0:214 mutable_data()
+                ro = np.zeros((112, 112, 3), np.uint8)
+                ro.flags.writeable = False
+                b.input().set_buffer(ro)
             b.input().set_buffer(np.zeros((112, 112, 3), np.float32))  # 4x the bytes of a UINT8 edge
             with pytest.raises(HailoRTInvalidOperationException, match="different than expected"):
                 cim.run([b], 1000)
@@ -109,7 +124,7 @@ def test_names_callback_keyword_queue(hefs):
                 cim.wait_for_async_ready(timeout_ms=10, frames_count=cim.get_async_queue_size() + 1)
             with pytest.raises(TypeError):
                 cim.run_async(b)  # a bare Bindings is not a list
-            with pytest.raises(HailoRTException, match="QUEUE_IS_FULL"):
+            with pytest.raises(HailoRTException, match=r"82 \(HAILO_QUEUE_IS_FULL\)"):
                 cim.run_async([b] * (cim.get_async_queue_size() + 1))
 
 
@@ -154,3 +169,107 @@ def test_vdevice_belongs_to_its_process(hefs):
     finally:
         del DOUBLE.vdevice_for_child
         vd.release()
+
+
+def _run_once(cim, b, timeout_ms=10_000):
+    seen = []
+    job = cim.run_async([b], lambda completion_info: seen.append(completion_info.exception))
+    job.wait(timeout_ms)
+    return seen[0]
+
+
+def test_bindings_copy_semantics(hefs, hailo_calibration, surface):
+    """4.18.0 copies Bindings shallowly: a reused Bindings gets stale outputs from its 2nd run on
+    (infer_model_api.hpp v4.18.0:133 + .cpp v4.18.0:270-299); 4.19+ copies deeply (infer_model.cpp v4.19.0:1034)."""
+    _, crops = hailo_calibration
+    with _scheduled() as vd:
+        im = vd.create_infer_model(str(hefs["rec"]))
+        im.output().set_format_type(FormatType.FLOAT32)
+        cim = im.configure()
+        out = np.zeros(512, np.float32)
+        b = cim.create_bindings(input_buffers={im.input().name: np.ascontiguousarray(crops[0])},
+                                output_buffers={im.output().name: out})
+        assert _run_once(cim, b) is None
+        first = out.copy()
+        b.input().set_buffer(np.ascontiguousarray(crops[3]))
+        assert _run_once(cim, b) is None
+        if surface == "4.18.0":
+            np.testing.assert_array_equal(out, first)  # the result went to the first run's freed buffer
+        else:
+            assert not np.allclose(out, first)
+        cim.shutdown()
+
+
+def test_failed_job_kills_the_pipeline_and_wait_only_times_out(hefs, machine):
+    """A job's error reaches the callback, never job.wait (infer_model.cpp v4.23.0:1061-1070); the
+    pipeline then refuses every request with that status (async_infer_runner.cpp v4.23.0:79, 284-286)."""
+    with _scheduled() as vd:
+        im = vd.create_infer_model(str(hefs["rec"]))
+        cim = im.configure()
+        b = _bindings(cim, im)
+        machine.fail_next_jobs = 1
+        error = _run_once(cim, b)  # no exception from wait()
+        assert isinstance(error, HailoRTException)
+        with pytest.raises(HailoRTException):
+            cim.run_async([b])
+        with pytest.raises(HailoRTException):
+            cim.wait_for_async_ready(timeout_ms=10)
+        cim2 = vd.create_infer_model(str(hefs["rec"])).configure()  # a new configuration works
+        assert _run_once(cim2, _bindings(cim2, im)) is None
+        cim.shutdown()
+        cim2.shutdown()
+
+
+def test_outputs_are_raw_bytes_and_every_call_allocates(hefs, machine):
+    """infer_model_api.cpp v4.23.0:312 allocates a buffer per output per run; :327 memcpys raw bytes."""
+    with _scheduled() as vd:
+        im = vd.create_infer_model(str(hefs["rec"]))
+        im.output().set_format_type(FormatType.FLOAT32)
+        cim = im.configure()
+        wrong = np.zeros(2048, np.uint8)  # right byte count, wrong dtype: garbage, not a conversion
+        b = cim.create_bindings(input_buffers={im.input().name: np.full((112, 112, 3), 100, np.uint8)},
+                                output_buffers={im.output().name: wrong})
+        before = machine.allocated_bytes
+        assert _run_once(cim, b) is None
+        assert machine.allocated_bytes - before == 2048
+        floats = wrong.view(np.float32)
+        assert np.isfinite(floats).all() and np.abs(floats).max() > 0
+        cim.shutdown()
+
+
+def test_configured_exit_only_drops_the_reference(hefs):
+    """pyhailort.py v4.23.0:3213-3214: ``__exit__`` sets the handle to None; shutdown() is explicit."""
+    with _scheduled() as vd:
+        im = vd.create_infer_model(str(hefs["rec"]))
+        with im.configure() as cim:
+            pass
+        assert not cim.is_shut_down and len(vd.loaded_network_groups) == 1
+        with pytest.raises(AttributeError):
+            cim.run_async([_bindings(cim, im)])
+
+
+def test_busy_and_missing_are_both_out_of_physical_devices(machine):
+    """vdevice.cpp v4.23.0:853-864: 74 for a held chip and for no chip; 73 only when asked by id."""
+    machine.held_by_other_process = True
+    with pytest.raises(HailoRTException, match=r"74 \(HAILO_OUT_OF_PHYSICAL_DEVICES\)"):
+        _scheduled()
+    with pytest.raises(HailoRTException, match=r"73 \(HAILO_DEVICE_IN_USE\)"):
+        VDevice(_scheduled_params(), device_ids=["0000:01:00.0"])
+    machine.held_by_other_process, machine.devices = False, []
+    with pytest.raises(HailoRTException, match=r"74 \(HAILO_OUT_OF_PHYSICAL_DEVICES\)"):
+        _scheduled()
+
+
+def _scheduled_params():
+    params = VDevice.create_params()
+    params.scheduling_algorithm = HailoSchedulingAlgorithm.ROUND_ROBIN
+    return params
+
+
+def test_create_infer_model_keyword_per_version(hefs, surface):
+    """pyhailort.py v4.18.0:3526 names it ``network_name``; v4.20.1:3532 and later ``name``."""
+    with _scheduled() as vd:
+        good, bad = ("network_name", "name") if surface == "4.18.0" else ("name", "network_name")
+        vd.create_infer_model(str(hefs["rec"]), **{good: "arcface_mobilefacenet"})
+        with pytest.raises(TypeError):
+            vd.create_infer_model(str(hefs["rec"]), **{bad: "arcface_mobilefacenet"})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from facefleet.cli import main
+from facefleet.errors import FacefleetError
 from facefleet.modelspec import ModelSpec, resolve_model
 from facefleet.runtime.hailo import HailoBackend
 
@@ -30,6 +31,8 @@ ZOO = {
     "arcface_mobilefacenet": {"fc1": (512,)},
     "arcface_r50": {"fc1": (512,)},
 }
+
+pytestmark = pytest.mark.usefixtures("surface")  # every HailoRT surface of the double
 
 
 def doc_specs() -> dict[str, dict]:
@@ -66,6 +69,28 @@ def test_zoo_spec_fits_its_hef_and_runs(tmp_path, net):
         assert set(out) == set(model.output_names) and len(out) == (9 if spec.kind == "detector" else 1)
     finally:
         backend.close()
+
+
+def test_item4_spec_building_cannot_double_scale(tmp_path, capsys, hefs):
+    """``hailo spec`` drops the raw-heads template's bbox scales (zoo HEFs have them inside) unless
+    told the HEF was cut before the scale; a spec that says both is refused at load."""
+    hef = tmp_path / "scrfd_2_5g.hef"
+    hef.write_bytes(hefs["det"].read_bytes())
+    assert main(["hailo", "spec", str(hef), "--template", "scrfd_2.5g_rawheads"]) == 0
+    spec = resolve_model(hef).spec
+    assert spec.detector.bbox_scales is None and spec.provenance["bbox_scale"] == "in_hef"
+    assert main(["hailo", "spec", str(hef), "--template", "scrfd_2.5g_rawheads", "--force", "--bbox-scales-on-host"]) == 0
+    assert resolve_model(hef).spec.detector.bbox_scales == (0.8807, 0.9315, 1.1424)
+    data = json.loads(hef.with_suffix(".json").read_text())
+    data["provenance"]["bbox_scale"] = "in_hef"  # scales on the host AND in the HEF: refused
+    hef.with_suffix(".json").write_text(json.dumps(data))
+    backend = HailoBackend()
+    try:
+        with pytest.raises(FacefleetError, match="boxes are scaled twice"):
+            backend.load(resolve_model(hef))
+    finally:
+        backend.close()
+    capsys.readouterr()
 
 
 def test_cli_hailo_spec_writes_the_sidecar(tmp_path, capsys):

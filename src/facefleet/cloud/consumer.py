@@ -175,6 +175,8 @@ class MqttSubscriber:
         self.topic = topic
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.refused: str | None = None  # the broker's SUBACK reason when it refused the subscription
+        self._answered = threading.Event()
         tls_ctx = None
         if cert or key:
             if not (cert and key):
@@ -195,6 +197,7 @@ class MqttSubscriber:
             self.connected.set()
             if data.connack_packet.session_present:
                 self.subscribed.set()  # the broker kept our subscription (and queued messages)
+                self._answered.set()
             else:
                 self._subscribe()
 
@@ -219,32 +222,107 @@ class MqttSubscriber:
         mqtt5 = self._mqtt5
         fut = self._client.subscribe(mqtt5.SubscribePacket(
             subscriptions=[mqtt5.Subscription(topic_filter=self.topic, qos=mqtt5.QoS.AT_LEAST_ONCE)]))
-        fut.add_done_callback(lambda f: self.subscribed.set() if not f.exception() else None)
+        fut.add_done_callback(self._on_suback)
+
+    def _on_suback(self, fut) -> None:
+        """A SUBACK is an answer, not a success: MQTT 5 reason codes >= 0x80 refuse the filter
+        (MQTT 5.0 section 3.9.3, e.g. 0x87 Not authorized)."""
+        if fut.exception() is not None:
+            return  # the connection dropped first: on_success subscribes again
+        codes = list(fut.result().reason_codes or [])
+        bad = [c for c in codes if int(c) >= 0x80]
+        if bad or not codes:
+            self.refused = ", ".join(getattr(c, "name", str(c)) for c in bad) or "no reason code"
+            log.error("the broker refused the subscription to %s: %s", self.topic, self.refused)
+        else:
+            self.subscribed.set()
+        self._answered.set()
 
     def wait_ready(self, timeout_s: float) -> bool:
-        return self.subscribed.wait(timeout_s)
+        """True once subscribed; raises when the broker refused the subscription."""
+        self._answered.wait(timeout_s)
+        if self.refused:
+            raise FacefleetError(f"the broker refused the subscription to {self.topic}: {self.refused} "
+                                 "(check the IoT policy allows iot:Subscribe to this filter and iot:Receive on its topics)")
+        return self.subscribed.is_set()
 
     def stop(self) -> None:
         self._client.stop()
 
 
-def consume_sqs(sqs, queue_url: str, consumer: Consumer, stop: Callable[[], bool], wait_s: int = 10) -> None:
+# Errors a queue consumer rides out for as long as they last: the network, and SQS saying it is
+# busy or broken (5xx, throttling). Anything else (no such queue, access denied) is a mistake to report.
+TRANSIENT_CODES = {"ThrottlingException", "Throttling", "RequestThrottled", "ServiceUnavailable", "InternalError",
+                   "InternalFailure", "RequestTimeout", "RequestTimeoutException", "KMS.ThrottlingException"}
+
+
+def is_transient(e: BaseException) -> bool:
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(e, (ConnectionError, HTTPClientError)):  # EndpointConnectionError, ReadTimeoutError, ...
+        return True
+    if isinstance(e, ClientError):
+        meta = e.response.get("ResponseMetadata") or {}
+        return e.response.get("Error", {}).get("Code") in TRANSIENT_CODES or meta.get("HTTPStatusCode", 0) >= 500
+    return False
+
+
+class Stopped(Exception):
+    """The consumer was asked to stop while it waited out an outage."""
+
+
+def resilient(stop: Callable[[], bool], sleep: Callable[[float], None], max_wait_s: float = 300.0):
+    """A tenacity retrier: exponential backoff with jitter up to ``max_wait_s`` for as long as the
+    outage lasts (a consumer runs for months), until ``stop()``."""
+    import tenacity
+
+    def log_retry(rs: tenacity.RetryCallState) -> None:
+        e = rs.outcome.exception() if rs.outcome else None
+        log.warning("SQS unreachable (%s: %s); retry %d in %.0f s", type(e).__name__, str(e).splitlines()[0][:200],
+                    rs.attempt_number, rs.next_action.sleep if rs.next_action else 0)
+
+    def sleep_unless_stopped(seconds: float) -> None:
+        end = seconds
+        while end > 0:
+            if stop():
+                raise Stopped
+            step = min(end, 1.0)
+            sleep(step)
+            end -= step
+
+    return tenacity.Retrying(retry=tenacity.retry_if_exception(is_transient), reraise=True,
+                             wait=tenacity.wait_exponential_jitter(initial=1, max=max_wait_s, jitter=1),
+                             sleep=sleep_unless_stopped, before_sleep=log_retry)
+
+
+def consume_sqs(sqs, queue_url: str, consumer: Consumer, stop: Callable[[], bool], wait_s: int = 10,
+                sleep: Callable[[float], None] | None = None) -> None:
     """Long-poll an SQS queue fed by the IoT topic rule; delete each message once handled
-    (stored, duplicate or invalid: none of them should come back). One DeleteMessageBatch per
-    receive: a tenth of the API calls (SQS bills per request) of deleting one by one."""
-    while not stop():
-        resp = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
-        msgs = resp.get("Messages", [])
-        for msg in msgs:
-            consumer.handle(msg["Body"], "sqs")
-        if msgs:  # a failed entry is not lost: it comes back after the visibility timeout, a duplicate then
-            sqs.delete_message_batch(QueueUrl=queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                                                                  for i, m in enumerate(msgs)])
+    (stored, duplicate or invalid: none of them should come back). Network and service errors
+    are waited out with backoff; a message whose delete failed comes back and is a duplicate.
+    One DeleteMessageBatch per receive: a tenth of the requests (SQS bills per request)."""
+    import time
+
+    retry = resilient(stop, sleep or time.sleep)
+    try:
+        while not stop():
+            resp = retry(sqs.receive_message, QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
+            msgs = resp.get("Messages", [])
+            for msg in msgs:
+                consumer.handle(msg["Body"], "sqs")
+            if msgs:  # an entry that fails comes back after the visibility timeout: a duplicate then
+                retry(sqs.delete_message_batch, QueueUrl=queue_url,
+                      Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+    except Stopped:
+        log.info("stopped while waiting for SQS to come back")
 
 
 def setup_rule(iot, sqs, *, rule_name: str, queue_name: str, role_arn: str) -> tuple[str, str]:
     """An AWS IoT topic rule that routes every facefleet event into an SQS queue (created if
-    missing), so any number of consumers share the stream without an MQTT session each."""
+    missing), so any number of consumers share the stream without an MQTT session each.
+    Idempotent: a second run updates the rule (CreateQueue returns the existing queue)."""
+    from facefleet.cloud.aws import error_code
+
     queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
     payload = {
         "sql": f"SELECT * FROM '{EVENTS_FILTER}'",
@@ -253,5 +331,11 @@ def setup_rule(iot, sqs, *, rule_name: str, queue_name: str, role_arn: str) -> t
         "description": "facefleet match events to SQS",
         "actions": [{"sqs": {"queueUrl": queue_url, "roleArn": role_arn, "useBase64": False}}],
     }
-    iot.create_topic_rule(ruleName=rule_name, topicRulePayload=payload)
+    try:
+        iot.create_topic_rule(ruleName=rule_name, topicRulePayload=payload)
+    except Exception as e:
+        if error_code(e) != "ResourceAlreadyExistsException":
+            raise
+        iot.replace_topic_rule(ruleName=rule_name, topicRulePayload=payload)
+        log.info("topic rule %s existed: replaced", rule_name)
     return rule_name, queue_url

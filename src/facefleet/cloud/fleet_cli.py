@@ -55,9 +55,11 @@ def cmd_deploy(args) -> int:
         print(f"deployment {resp['deploymentId']} created (IoT job {resp.get('iotJobId')})")
         if not args.watch:
             return 0
-        ok = watch(iot, resp["iotJobId"], print, interval_s=args.poll_s)
+        ok = watch(iot, resp["iotJobId"], print, interval_s=args.poll_s, gg=gg, deployment_id=resp["deploymentId"],
+                   thing_group=args.thing_group)
         if not ok:
-            raise FacefleetError(f"deployment {resp['deploymentId']} did not complete cleanly")
+            raise FacefleetError(f"deployment {resp['deploymentId']} failed or was cancelled on some devices")
+        print(f"deployment {resp['deploymentId']}: every device in {args.thing_group} has {component} {args.version}")
         return 0
 
     return run()
@@ -111,7 +113,8 @@ def cmd_publish(args) -> int:
             return publish(gg=gg, s3=s3, sts=sts, region=gg.meta.region_name, component=component,
                            version_spec=args.version or entry.get("version", "NEXT_PATCH"), bucket_prefix=bucket,
                            build_dir=build_dir, gallery_archives=[Path(a) for a in args.gallery_archive or []],
-                           progress=progress, wait=not args.no_wait)
+                           progress=progress, wait=not args.no_wait,
+                           carry_galleries=not args.drop_gallery_archives)
         finally:
             bars.stop()
 
@@ -209,6 +212,8 @@ def register(sub) -> None:
     p.add_argument("--build-dir", help="GDK build output (default: greengrass-build beside gdk-config.json)")
     p.add_argument("--skip-build", action="store_true", help="publish the existing build output as it is")
     p.add_argument("--gallery-archive", action="append", help="a 'facefleet gallery pack' archive to ship and merge on devices")
+    p.add_argument("--drop-gallery-archives", action="store_true",
+                   help="do not ship the gallery archives of the latest published version again")
     p.add_argument("--no-wait", action="store_true", help="do not wait until the version is DEPLOYABLE")
     p.set_defaults(func=cmd_publish, session=None)
 

@@ -57,18 +57,41 @@ class PublishResult:
     recipe: dict = field(default_factory=dict)
 
 
-def next_patch(gg, component_arn: str) -> str:
-    """GDK's NEXT_PATCH: the highest published version + 1 patch, else 1.0.0."""
+def existing_versions(gg, component_arn: str) -> list[tuple[int, int, int]]:
     versions = []
     for page in gg.get_paginator("list_component_versions").paginate(arn=component_arn):
         for v in page.get("componentVersions", []):
             m = SEMVER.match(v.get("componentVersion", ""))
             if m:
                 versions.append(tuple(int(x) for x in m.groups()))
+    return sorted(versions)
+
+
+def next_patch(gg, component_arn: str, versions: list[tuple[int, int, int]] | None = None) -> str:
+    """GDK's NEXT_PATCH: the highest published version + 1 patch, else 1.0.0."""
+    versions = existing_versions(gg, component_arn) if versions is None else versions
     if not versions:
         return "1.0.0"
     major, minor, patch = max(versions)
     return f"{major}.{minor}.{patch + 1}"
+
+
+def carried_galleries(gg, component_arn: str, version: tuple[int, int, int]) -> tuple[list[str], dict[str, dict]]:
+    """The gallery archives a published version ships: their names (its DefaultConfiguration) and,
+    per name, its artifact entry (URI, digest). Every later version ships them again, so a name a
+    device keeps in its configuration always resolves in the CURRENT version's artifacts folder
+    ({artifacts:path} is per version: NucleusPaths.java:130-140)."""
+    arn = f"{component_arn}:versions:{'.'.join(map(str, version))}"
+    blob = gg.get_component(arn=arn, recipeOutputFormat="JSON")["recipe"]
+    recipe = json.loads(blob.decode() if isinstance(blob, bytes) else blob)
+    names = list(((recipe.get("ComponentConfiguration") or {}).get("DefaultConfiguration") or {}).get("gallery_archives") or [])
+    entries: dict[str, dict] = {}
+    for manifest in recipe.get("Manifests") or []:
+        for art in manifest.get("Artifacts") or []:
+            name = art.get("URI", "").rsplit("/", 1)[-1]
+            if name in names:
+                entries[name] = {k: v for k, v in art.items() if k in ("URI", "Digest", "Algorithm", "Permission")}
+    return [n for n in names if n in entries], entries
 
 
 def is_model(path: Path) -> bool:
@@ -105,8 +128,12 @@ def check_fidelity(files: list[Path]) -> None:
 
 
 def read_build(build_dir: Path, component: str) -> tuple[dict, Path, list[Path]]:
-    """The GDK build output: the recipe (YAML) and ``artifacts/<name>/<build version>/``."""
-    recipes = sorted((build_dir / "recipes").glob("*.y*ml")) + sorted((build_dir / "recipes").glob("*.json"))
+    """The GDK build output: the recipe (YAML) and ``artifacts/<name>/<build version>/``.
+    ``gdk component publish`` adds its own ``<name>-<version>.<ext>`` beside the build's recipe
+    (GDK PublishRecipeTransformer.create_publish_recipe_file): that one is not the build's."""
+    found = sorted((build_dir / "recipes").glob("*.y*ml")) + sorted((build_dir / "recipes").glob("*.json"))
+    gdk_published = re.compile(re.escape(component) + r"-\d+\.\d+\.\d+\.(ya?ml|json)$")
+    recipes = [r for r in found if not gdk_published.match(r.name)]
     if len(recipes) != 1:
         raise FacefleetError(f"{build_dir}/recipes: expected one recipe, found {len(recipes)} (run the build first)")
     try:
@@ -189,7 +216,7 @@ def wait_deployable(gg, arn: str, sleep: Callable[[float], None] = time.sleep, i
 
 def publish(*, gg, s3, sts, region: str, component: str, version_spec: str, bucket_prefix: str, build_dir: Path,
             gallery_archives: list[Path] = (), progress=None, wait: bool = True,
-            sleep: Callable[[float], None] = time.sleep) -> PublishResult:
+            sleep: Callable[[float], None] = time.sleep, carry_galleries: bool = True) -> PublishResult:
     """Upload the build's artifacts, create the component version, wait until it is deployable."""
     account = sts.get_caller_identity()["Account"]
     bucket = f"{bucket_prefix}-{region}-{account}"
@@ -200,20 +227,33 @@ def publish(*, gg, s3, sts, region: str, component: str, version_spec: str, buck
             raise FacefleetError(f"gallery archive not found: {extra}")
     files = files + list(gallery_archives)
     check_fidelity(files)  # before anything is uploaded
-    version = next_patch(gg, component_arn) if version_spec == "NEXT_PATCH" else version_spec
+    versions = existing_versions(gg, component_arn)
+    version = next_patch(gg, component_arn, versions) if version_spec == "NEXT_PATCH" else version_spec
     if not SEMVER.match(version):
         raise FacefleetError(f"version {version!r} is not MAJOR.MINOR.PATCH")
+    new_names = {extra.name for extra in gallery_archives}
+    carried_names, carried = (carried_galleries(gg, component_arn, max(versions)) if carry_galleries and versions
+                              else ([], {}))
+    carried_names = [n for n in carried_names if n not in new_names]  # a new archive of the same name replaces it
     arts: dict[str, Artifact] = {}
+    galleries = set(new_names)
     for f in files:
         a = Artifact(f, sha256_file(f))
-        a.key = f"models/sha256/{a.sha256}/{f.name}" if is_model(f) else f"{component}/{version}/{f.name}"
+        if f.name in galleries:
+            a.key = f"galleries/sha256/{a.sha256}/{f.name}"
+        else:
+            a.key = f"models/sha256/{a.sha256}/{f.name}" if is_model(f) else f"{component}/{version}/{f.name}"
         arts[f.name] = a
+    default = recipe.setdefault("ComponentConfiguration", {}).setdefault("DefaultConfiguration", {})
+    default["gallery_archives"] = [*carried_names, *(x.name for x in gallery_archives)]
     for extra in gallery_archives:  # fleet enrollment: shipped to every platform, named by the configuration
         for manifest in recipe.get("Manifests", []):
             manifest.setdefault("Artifacts", []).append({"URI": f"s3://BUCKET_NAME/{extra.name}"})
-        default = recipe.setdefault("ComponentConfiguration", {}).setdefault("DefaultConfiguration", {})
-        default["gallery_archives"] = [*default.get("gallery_archives", []), extra.name]
     rendered = render_recipe(recipe, version, arts, bucket)
+    for manifest in rendered.get("Manifests", []):
+        manifest.setdefault("Artifacts", []).extend(dict(carried[n]) for n in carried_names)
+    if carried_names:
+        log.info("carrying gallery archives of %s: %s", ".".join(map(str, max(versions))), ", ".join(carried_names))
     text = json.dumps(rendered, indent=1).encode()
     if len(text) > 16_000:
         raise FacefleetError(f"the rendered recipe is {len(text)} bytes; Greengrass allows 16,000")
@@ -221,7 +261,7 @@ def publish(*, gg, s3, sts, region: str, component: str, version_spec: str, buck
     used = {a.path.name for a in arts.values()}
     for name in sorted(used):
         a = arts[name]
-        if is_model(a.path) and _exists(s3, bucket, a.key):
+        if (is_model(a.path) or a.path.name in galleries) and _exists(s3, bucket, a.key):
             log.info("%s already in s3://%s/%s (content-addressed): not uploaded", name, bucket, a.key)
             continue
         upload(s3, bucket, a, progress)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
-from facefleet.errors import FacefleetError
+from facefleet.component.swap import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,12 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         sys.stderr.write("facefleet: error: not running inside Greengrass (no IPC socket); use `facefleet run --config`\n")
         return 1
+    except Exception as e:  # the socket is there but the nucleus refused or did not answer
+        sys.stderr.write(f"facefleet: error: cannot connect to the Greengrass nucleus over IPC: {one_line(e)}\n")
+        return 1
     comp = Component(ipc, args.work, args.artifacts)
     signal.signal(signal.SIGTERM, lambda *_: comp.request_stop())
     try:
-        comp.start()
-    except FacefleetError as e:
-        sys.stderr.write(f"facefleet: error: {e}\n")
+        comp.start()  # any failure: ERRORED reported, one line logged, FacefleetError raised
+    except Exception as e:
+        if os.environ.get("FACEFLEET_DEBUG"):
+            raise
+        sys.stderr.write(f"facefleet: error: {one_line(e)}\n")
         return 1
     try:
         comp.wait()

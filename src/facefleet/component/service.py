@@ -7,6 +7,7 @@ cameras keep running on the models they have.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -16,14 +17,30 @@ from pathlib import Path
 
 from facefleet.component.cameras import CameraWorker
 from facefleet.component.commands import Enroll, ListIds, Remove, decode_image, parse_command
+from facefleet.component.devices import DeviceCheck
 from facefleet.component.models import ModelPaths, load_pair, model_paths
+from facefleet.component.subscriptions import Subscriptions, describe
 from facefleet.component.swap import hot_swap, one_line
-from facefleet.config import CameraConfig, ComponentConfig, parse_component_config
+from facefleet.config import IOT_CORE_MAX_PAYLOAD, CameraConfig, ComponentConfig, parse_component_config
 from facefleet.errors import FacefleetError
 from facefleet.events import CommandResultEvent, ErrorEvent, Models, StatusEvent
 from facefleet.runtime import BackendPool
 
 log = logging.getLogger(__name__)
+
+LIST_REPLY_BUDGET = IOT_CORE_MAX_PAYLOAD - 8192  # room for the rest of the command_result event
+
+
+def names_that_fit(names: list[str], budget: int) -> list[str]:
+    """The leading names whose JSON fits ``budget`` bytes: a reply IoT Core cannot carry would
+    only be set aside, so a long list is cut (and says so) instead."""
+    out, size = [], 0
+    for n in names:
+        size += len(json.dumps(n)) + 2
+        if size > budget:
+            break
+        out.append(n)
+    return out
 
 
 class Component:
@@ -31,7 +48,7 @@ class Component:
     the same methods); ``sink`` overrides the IPC event sink (e.g. MQTT outside Greengrass)."""
 
     def __init__(self, ipc, work: str | Path, artifacts: str | Path | None = None, thing: str | None = None,
-                 environ: dict | None = None, sink=None):
+                 environ: dict | None = None, sink=None, devices: DeviceCheck | None = None):
         self.ipc = ipc
         self.work = Path(work)
         self.artifacts = Path(artifacts) if artifacts else None
@@ -47,6 +64,8 @@ class Component:
         self.swaps = 0
         self.last_swap_ms: float | None = None
         self.backends = BackendPool()  # serving, validation and swaps share one device
+        self.devices = devices or DeviceCheck()
+        self.subscriptions = Subscriptions(self._stream_lost, self._stop)
 
     # ---- start / stop -------------------------------------------------------------------------
     def start(self) -> Component:
@@ -56,6 +75,7 @@ class Component:
 
         try:
             self.cfg = self._read_config()
+            self.devices.require(self.cfg)
             self.spool = Spool(self._work_path(self.cfg.spool.path), self.cfg.spool.max_events)
             if self._sink is None:
                 from facefleet.transport.ipc import IpcSink
@@ -67,13 +87,17 @@ class Component:
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
             self._merge_archives(self.cfg.gallery_archives)
             self.index = gallery_index(self.gallery, self.models.recognizer)
+            for cam in self.cfg.cameras:
+                self._start_camera(cam)
+            self._subscribe()
         except Exception as e:
-            log.error("cannot serve: %s", one_line(e))
+            # ANY start-up failure: one line naming the cause (and the fix where we know it),
+            # ERRORED to the nucleus, everything started so far stopped; no traceback.
+            message = one_line(e)
+            log.error("cannot serve: %s", message)
             self._report_state("ERRORED")
-            raise
-        for cam in self.cfg.cameras:
-            self._start_camera(cam)
-        self._subscribe()
+            self.stop(drain=False)
+            raise FacefleetError(message) from None
         self._report_state("RUNNING")
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
@@ -81,12 +105,14 @@ class Component:
                  self.models.detector.spec.fingerprint, self.models.recognizer.fingerprint, len(self.index))
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain: bool = True) -> None:
         self._stop.set()
+        self.subscriptions.close_all()
         for w in list(self.cameras.values()):
             w.stop()
         if hasattr(self, "forwarder"):
-            self.forwarder.drain(5.0)
+            if drain:
+                self.forwarder.drain(5.0)
             self.forwarder.stop()
             self.spool.close()
         if hasattr(self, "models"):
@@ -105,11 +131,20 @@ class Component:
         q = Path(p).expanduser()
         return q if q.is_absolute() else self.work / q
 
+    def _get_configuration(self) -> dict:
+        try:
+            return self.ipc.get_configuration(key_path=[]).value
+        except Exception as e:
+            raise FacefleetError(describe("GetConfiguration", e)) from None
+
     def _read_config(self) -> ComponentConfig:
-        raw = self.ipc.get_configuration(key_path=[]).value
+        raw = self._get_configuration()
         cfg = parse_component_config(raw, "(component configuration)")
         if "device" not in (raw or {}):
             cfg = cfg.model_copy(update={"device": self.thing})
+        if cfg.commands.max_image_bytes > cfg.commands.effective_max_image_bytes:
+            log.warning("commands.max_image_bytes %d: enroll images are limited to %d bytes (IoT Core carries 128 KiB "
+                        "payloads, the image in base64)", cfg.commands.max_image_bytes, cfg.commands.effective_max_image_bytes)
         return cfg
 
     def _report_state(self, state: str) -> None:
@@ -118,7 +153,7 @@ class Component:
         try:
             self.ipc.update_state(state=getattr(ReportedLifecycleState, state))
         except Exception as e:
-            log.warning("update_state(%s) failed: %s", state, e)
+            log.warning("%s", describe(f"UpdateState {state}", e))
 
     def publish(self, event) -> None:
         self.publisher.publish(event)
@@ -149,13 +184,30 @@ class Component:
 
     # ---- IPC subscriptions ----------------------------------------------------------------------
     def _subscribe(self) -> None:
+        subs = self.subscriptions
+        subs.open("validate", "SubscribeToValidateConfigurationUpdates", self.ipc.subscribe_to_validate_configuration_updates,
+                  self._guard(self.on_validate))
+        subs.open("config", "SubscribeToConfigurationUpdate",
+                  lambda **h: self.ipc.subscribe_to_configuration_update(key_path=[], **h), self._guard(self.on_config_update))
+        subs.open("component", "SubscribeToComponentUpdates", self.ipc.subscribe_to_component_updates,
+                  self._guard(self.on_component_update))
+        self._subscribe_commands(self.cfg)
+
+    def _commands_topic(self, cfg: ComponentConfig) -> str:
+        return cfg.topics.commands.replace("{thing}", self.thing)
+
+    def _subscribe_commands(self, cfg: ComponentConfig) -> None:
+        """(Re-)subscribe the command topic: the new stream is opened before the old one closes."""
         from awsiot.greengrasscoreipc.model import QOS
 
-        self.ipc.subscribe_to_validate_configuration_updates(on_stream_event=self._guard(self.on_validate))
-        self.ipc.subscribe_to_configuration_update(key_path=[], on_stream_event=self._guard(self.on_config_update))
-        self.ipc.subscribe_to_component_updates(on_stream_event=self._guard(self.on_component_update))
-        self.ipc.subscribe_to_iot_core(topic_name=self.cfg.topics.commands.replace("{thing}", self.thing),
-                                       qos=QOS.AT_LEAST_ONCE, on_stream_event=self._guard(self.on_command))
+        topic = self._commands_topic(cfg)
+        self.subscriptions.open("commands", f"SubscribeToIoTCore {topic}",
+                                lambda **h: self.ipc.subscribe_to_iot_core(topic_name=topic, qos=QOS.AT_LEAST_ONCE, **h),
+                                self._guard(self.on_command))
+        log.info("commands on %s", topic)
+
+    def _stream_lost(self, name: str, message: str) -> None:
+        self.error("ipc", f"{name}: {message}")
 
     def _guard(self, fn):
         """IPC callbacks run on the SDK's thread pool: an exception there must not vanish silently."""
@@ -163,23 +215,29 @@ class Component:
             try:
                 fn(event)
             except Exception as e:
-                log.exception("handler %s failed", fn.__name__)
+                log.debug("handler %s failed", fn.__name__, exc_info=True)
                 self.error("component", f"{fn.__name__}: {one_line(e)}")
         return call
 
     # ---- validation -----------------------------------------------------------------------------
     def validate(self, data) -> tuple[bool, str]:
         """Schema, model files (exist, sha256), load + self-test. Never touches the serving models."""
+        ignored: list[str] = []
         try:
-            cfg = parse_component_config(data, "(proposed)")
+            cfg = parse_component_config(data, "(proposed)", ignored)
+            self.devices.require(cfg)  # a camera or Hailo device ggc_user cannot open: rejected with the fix
             paths = model_paths(cfg, self.artifacts, self.environ)
             for a in cfg.gallery_archives:
-                if not self._artifact_path(a).is_file():
+                # a name already in force may be gone (another version's artifacts folder): its crops
+                # were merged already, so only a newly named archive must exist
+                if a not in self.cfg.gallery_archives and not self._artifact_path(a).is_file():
                     raise FacefleetError(f"gallery archive not found: {self._artifact_path(a)}")
             if paths != self.paths or cfg.models != self.cfg.models or cfg.detection != self.cfg.detection:
                 load_pair(cfg, paths, self.backends).close()
         except Exception as e:
             return False, one_line(e)
+        if ignored:
+            return True, f"configuration accepted; unknown keys ignored: {', '.join(ignored)}"
         return True, "configuration accepted"
 
     def on_validate(self, event) -> None:
@@ -217,10 +275,16 @@ class Component:
                     for w in self.cameras.values():
                         w.pipeline.cfg = cfg
                         w.pipeline.set_models(self.models.detector, self.models.recognizer, self.index)
+            if self._commands_topic(cfg) != self._commands_topic(self.cfg):
+                try:
+                    self._subscribe_commands(cfg)
+                except FacefleetError as e:  # the old subscription stays open
+                    self.error("ipc", f"command topic not changed: {e}")
+                    cfg = cfg.model_copy(update={"topics": cfg.topics.model_copy(update={"commands": self.cfg.topics.commands})})
             if cfg.gallery_archives != self.cfg.gallery_archives:
                 try:
-                    self._merge_archives(cfg.gallery_archives)
-                    self._reindex()
+                    if self._merge_archives(cfg.gallery_archives):
+                        self._reindex()
                 except Exception as e:
                     self.error("gallery", one_line(e))
             old_cfg, self.cfg = self.cfg, cfg
@@ -236,11 +300,23 @@ class Component:
         p = Path(name)
         return p if p.is_absolute() or self.artifacts is None else self.artifacts / p
 
-    def _merge_archives(self, archives: list[str]) -> None:
-        """Fleet enrollment: merge shipped gallery archives (idempotent: crops are content-addressed)."""
+    def _merge_archives(self, archives: list[str]) -> int:
+        """Fleet enrollment: merge shipped gallery archives (idempotent: crops are content-addressed).
+        A named archive whose file is gone never stops the cameras: the configuration outlives the
+        artifacts folder of the version that shipped it (a new version keeps the key, a rollback
+        or re-deploy may point at another folder), and its crops were merged when it was there.
+        It is a warning and an ``error`` event; the component keeps serving."""
+        added_total = 0
         for a in archives:
-            added = self.gallery.merge_archive(self._artifact_path(a))
+            path = self._artifact_path(a)
+            if not path.is_file():
+                self.error("gallery", f"gallery archive {a} not found at {path}: skipped (its crops were merged when it "
+                           "was shipped; the gallery keeps them)")
+                continue
+            added = self.gallery.merge_archive(path)
+            added_total += added
             log.info("gallery archive %s: %d new crop(s)", a, added)
+        return added_total
 
     def _reindex(self) -> None:
         """Re-embed the gallery (new crops) with the serving recognizer; switch between frames."""
@@ -295,7 +371,7 @@ class Component:
     # ---- commands ---------------------------------------------------------------------------------
     def on_command(self, event) -> None:
         payload = event.message.payload
-        limit = self.cfg.commands.max_image_bytes * 4 // 3 + 4096
+        limit = IOT_CORE_MAX_PAYLOAD  # nothing larger can come through IoT Core
         try:
             cmd = parse_command(payload, limit)
         except FacefleetError as e:
@@ -316,11 +392,16 @@ class Component:
         from facefleet.recognition.loader import gallery_index, largest_face_crop
 
         if isinstance(cmd, ListIds):
-            return f"{len(self.gallery.names())} identities", self.gallery.names()
+            names = self.gallery.names()
+            shown = names_that_fit(names, LIST_REPLY_BUDGET)
+            if len(shown) < len(names):
+                return (f"{len(names)} identities, the first {len(shown)} listed (a reply must fit IoT Core's 128 KiB "
+                        "payload)"), shown
+            return f"{len(names)} identities", names
         with self._apply_lock, self.busy():
             name = validate_name(cmd.name)
             if isinstance(cmd, Enroll):
-                image = decode_image(cmd, self.cfg.commands.max_image_bytes)
+                image = decode_image(cmd, self.cfg.commands.effective_max_image_bytes)
                 with self.infer_lock:
                     crop = largest_face_crop(self.models.detector, image)
                 if crop is None:
@@ -352,7 +433,8 @@ class Component:
                 stage_ms[f"{cid}.{k}"] = round(v, 3)
         return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms,
                            models=Models(detector=self.models.detector.spec.fingerprint, recognizer=self.models.recognizer.fingerprint),
-                           gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped)
+                           gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
+                           dead_letter=self.spool.dead_letters)
 
     def _status_loop(self) -> None:
         last: dict[str, tuple[int, float]] = {}

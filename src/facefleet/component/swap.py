@@ -19,8 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:500]
+    text = str(e).strip()
+    message = getattr(e, "message", None)
+    if not text and message:  # the Greengrass IPC error shapes: str() is empty, the text is in .message
+        text = f"{type(e).__name__}: {message}"
+    lines = text.splitlines()
+    return (lines[0] if lines else type(e).__name__)[:500]
 
 
 @dataclass

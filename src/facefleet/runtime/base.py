@@ -35,4 +35,9 @@ class Backend(Protocol):
 
     def load(self, model: ResolvedModel) -> LoadedModel: ...
 
+    def health(self) -> dict:
+        """Device health for status events (hailo: temperature_c, throttling, error counters; onnx: {}).
+        Never raises; values the device cannot give are None."""
+        ...
+
     def close(self) -> None: ...

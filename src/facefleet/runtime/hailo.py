@@ -17,10 +17,12 @@ imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from facefleet.modelspec import InputSpec, ModelSpec, ResolvedModel, load_catalo
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 10_000
+MULTI_PROCESS_ENV = "FACEFLEET_HAILO_MULTI_PROCESS"
 
 
 def _import():
@@ -104,12 +107,20 @@ def scrfd_heads_by_shape(outputs: dict[str, tuple[int, ...]], in_h: int, in_w: i
     return tuple(heads[0]), tuple(heads[1]), tuple(heads[2])
 
 
-def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = None) -> ModelSpec:
+def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = None,
+                  bbox_scales_on_host: bool = False) -> ModelSpec:
     """The ModelSpec of a HEF: edges from the HEF, everything else from ``template``.
 
     The template is the spec of the model the HEF was compiled from (its ONNX catalog entry)
-    or a zoo entry: it holds what a HEF does not (strides, anchors, bbox scales, whether scores
-    are logits, the match threshold, the colour order it was trained in).
+    or a zoo entry: it holds what a HEF does not (strides, anchors, whether scores are logits,
+    the match threshold, the colour order it was trained in).
+
+    SCRFD bbox scales are NOT taken from the template unless ``bbox_scales_on_host``: the zoo's
+    HEFs end at the ``Mul`` after each box conv (hailo_model_zoo cfg/networks/scrfd_2.5g.yaml
+    ``Mul_116``, scrfd_10g.yaml ``Mul_113``), so the scale is inside and applying it again
+    shrinks/grows boxes by -12/-7/+14 % per stride. Only a HEF compiled from a raw-heads export
+    cut at the box conv (e.g. ``facefleet build`` of scrfd_2.5g_rawheads, which writes its own
+    spec) needs them on the host.
     """
     if len(io.input_shape) != 3 or io.input_shape[2] != 3:
         raise FacefleetError(f"HEF {file}: input {io.input_name} has shape {list(io.input_shape)}, expected (h, w, 3)")
@@ -117,14 +128,17 @@ def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = 
     inp = InputSpec(name=io.input_name, width=w, height=h, layout="NHWC", color=template.input.color, dtype="uint8",
                     max_batch=template.input.max_batch if template.kind == "recognizer" else 1,
                     size_multiple=template.input.size_multiple)
+    provenance = {**template.provenance, "spec_from_hef": {"template": template.name}}
     update: dict = {"name": name or template.name, "format": "hef", "file": file, "sha256": None, "input": inp,
-                    "normalization": None,
-                    "provenance": {**template.provenance, "spec_from_hef": {"template": template.name}}}
+                    "normalization": None, "provenance": provenance}
     if template.kind == "detector":
         d = template.detector
         scores, bbox, kps = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
+        scales = d.bbox_scales if bbox_scales_on_host else None
+        if d.bbox_scales is not None:
+            provenance["bbox_scale"] = "on_host" if bbox_scales_on_host else "in_hef"
         update["detector"] = d.model_copy(update={"layout": "raw_heads", "scores": scores, "bbox": bbox, "kps": kps,
-                                                  "heads_order": "NHWC"})
+                                                  "heads_order": "NHWC", "bbox_scales": scales})
     else:
         flat = {n: s for n, s in io.outputs.items() if len(s) == 1}
         if len(flat) != 1:
@@ -155,6 +169,9 @@ def check_spec(spec: ModelSpec, io: HefIO) -> None:
         if d.layout != "raw_heads" or d.heads_order != "NHWC":
             raise FacefleetError(f"{where}: a HEF returns raw heads channel-last: detector layout must be raw_heads, "
                                  f"heads_order NHWC")
+        if d.bbox_scales is not None and spec.provenance.get("bbox_scale") == "in_hef":
+            raise FacefleetError(f"{where}: the bbox scale is inside this HEF (provenance.bbox_scale: in_hef); "
+                                 f"detector.bbox_scales must be null, or boxes are scaled twice")
         by_shape = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
         for what, named, found in zip(("scores", "bbox", "kps"), (d.scores, d.bbox, d.kps), by_shape, strict=True):
             if tuple(named) != found:
@@ -170,7 +187,8 @@ def check_spec(spec: ModelSpec, io: HefIO) -> None:
                                  f"spec says embedding_size {r.embedding_size}")
 
 
-def hef_spec(hef_path: str | Path, template: ModelSpec, name: str | None = None) -> ModelSpec:
+def hef_spec(hef_path: str | Path, template: ModelSpec, name: str | None = None,
+             bbox_scales_on_host: bool = False) -> ModelSpec:
     """Build the spec of a HEF file from its introspection plus ``template`` (no device needed)."""
     hp, _ = _import()
     path = Path(hef_path)
@@ -180,39 +198,74 @@ def hef_spec(hef_path: str | Path, template: ModelSpec, name: str | None = None)
         hef = hp.HEF(str(path))
     except Exception as e:
         raise FacefleetError(f"cannot read HEF {path}: {_one_line(e)}") from None
-    return spec_from_hef(hef_io(hef), template, path.name, name)
+    return spec_from_hef(hef_io(hef), template, path.name, name, bbox_scales_on_host)
 
 
 # --- the device -----------------------------------------------------------------------------
 
 
-class _Configured:
-    """One HEF on the device: its InferModel, configured once, shared by every camera that loads it."""
+class _Never(Exception):
+    """Stands in for an exception class this HailoRT version does not have (never raised)."""
 
-    def __init__(self, infer_model, configured, batch: int, io: HefIO, timeout_ms: int):
+
+def _exc(ph, name: str) -> type[BaseException]:
+    """``ph.<name>`` if this HailoRT has it, else a class nothing raises.
+
+    ``HailoRTHEFNotCompatibleWithDevice`` exists only from HailoRT 4.21.0 (pyhailort.py v4.21.0:94):
+    naming it in an ``except`` clause on 4.18-4.20 turns every error into an AttributeError.
+    """
+    return getattr(ph, name, _Never)
+
+
+def _incompatible(ph) -> tuple[type[BaseException], ...]:
+    """What configure() raises for a HEF the chip cannot run: HAILO_INVALID_HEF up to 4.20
+    (device_internal.cpp v4.18.0:604), HAILO_HEF_NOT_COMPATIBLE_WITH_DEVICE from 4.21 (v4.21.0:604)."""
+    return (_exc(ph, "HailoRTHEFNotCompatibleWithDevice"), ph.HailoRTInvalidHEFException)
+
+
+_NOT_COMPATIBLE = ("is not compatible with this Hailo device (compiled for another architecture, e.g. hailo8 on a "
+                   "Hailo-8L, or by a Dataflow Compiler newer than this HailoRT)")
+
+
+class _Configured:
+    """One HEF on the device: its InferModel, configured once, shared by every camera that loads it.
+
+    After a failed job HailoRT's async pipeline is shut down for good (async_infer_runner.cpp
+    v4.23.0:62-95, 284-286: "no resume"): ``generation`` counts the re-configurations that
+    replaced it.
+    """
+
+    def __init__(self, path: Path, spec: ModelSpec, infer_model, configured, batch: int, io: HefIO, timeout_ms: int):
+        self.path = path
+        self.spec = spec
         self.infer_model = infer_model
         self.configured = configured
         self.io = io
         self.batch = batch
         self.timeout_ms = timeout_ms
         self.users = 0
+        self.generation = 0
         self.submit = threading.Lock()  # wait_for_async_ready + run_async as one step: cameras share the queue
 
     def close(self) -> None:
         if self.configured is not None:
+            configured, self.configured = self.configured, None
             try:
-                self.configured.shutdown()
+                configured.shutdown()  # explicit: __exit__ only drops the reference (pyhailort.py v4.23.0:3213)
             finally:
-                self.configured.__exit__(None, None, None)
-                self.configured = None
+                configured.__exit__(None, None, None)
 
 
 class HailoModel:
     """A spec'd HEF on the shared VDevice, behind the ``LoadedModel`` protocol.
 
-    Each loaded model (one per camera) has its own input/output buffers and bindings, allocated
-    once here and reused: cameras sharing a configured HEF never write into each other's arrays,
-    and their requests simply queue on the device.
+    Each loaded model (one per camera) has its own input/output buffers, allocated once and
+    reused: cameras sharing a configured HEF never write into each other's arrays, and their
+    requests simply queue on the device. Bindings are made per call: HailoRT 4.18.0 copies them
+    shallowly (infer_model_api.hpp v4.18.0:133), so a reused Bindings points at a buffer freed
+    after its first run (infer_model_api.cpp v4.18.0:270-299); Hailo's 4.18 examples make them
+    per frame too. After a timeout the job still runs and will write into its buffers: this model
+    then takes fresh ones, so a late write never lands in the next frame's results.
     """
 
     def __init__(self, spec: ModelSpec, backend: HailoBackend, cfg: _Configured):
@@ -221,16 +274,16 @@ class HailoModel:
         self._cfg: _Configured | None = cfg
         self.infer_seconds = 0.0
         self.calls = 0
+        self.timeouts = 0
         self._rgb = spec.input.color == "RGB"
         self._lock = threading.Lock()
+        self._alloc()
+
+    def _alloc(self) -> None:
+        cfg = self._cfg
         io = cfg.io
         self._inputs = np.zeros((cfg.batch, *io.input_shape), np.uint8)
         self._outputs = {n: np.zeros((cfg.batch, *s), np.float32) for n, s in io.outputs.items()}
-        self._bindings = [
-            cfg.configured.create_bindings(
-                input_buffers={io.input_name: self._inputs[i]},
-                output_buffers={n: buf[i] for n, buf in self._outputs.items()})
-            for i in range(cfg.batch)]
 
     def input_size(self) -> tuple[int | None, int | None]:
         h, w = self._cfg.io.input_shape[:2] if self._cfg else (self.spec.input.height, self.spec.input.width)
@@ -278,35 +331,63 @@ class HailoModel:
                     result[name][start:start + k] = buf[:k]
         return result
 
-    def _run_batch(self, cfg: _Configured, k: int, ph) -> None:
+    def _bindings(self, configured, k: int) -> list:
+        io = self._cfg.io
+        return [configured.create_bindings(input_buffers={io.input_name: self._inputs[i]},
+                                           output_buffers={n: buf[i] for n, buf in self._outputs.items()})
+                for i in range(k)]
+
+    def _attempt(self, cfg: _Configured, k: int) -> BaseException | None:
+        """One job on the device: None when it worked, else the HailoRT error (timeouts raise)."""
         failures: list = []
 
         def done(completion_info) -> None:
-            if completion_info.exception is not None:
+            if completion_info.exception is not None:  # a job's status arrives here, never from wait()
                 failures.append(completion_info.exception)
 
+        with cfg.submit:
+            configured = cfg.configured
+            if configured is None:
+                raise FacefleetError(f"model {self.spec.name} is closed")
+            generation = cfg.generation
+            configured.wait_for_async_ready(timeout_ms=cfg.timeout_ms, frames_count=k)
+            job = configured.run_async(self._bindings(configured, k), done)
+        job.wait(cfg.timeout_ms)
+        if failures:
+            failures[0].generation = generation  # type: ignore[attr-defined]
+            return failures[0]
+        return None
+
+    def _run_batch(self, cfg: _Configured, k: int, ph) -> None:
         t0 = time.perf_counter()
         try:
-            with cfg.submit:
-                cfg.configured.wait_for_async_ready(timeout_ms=cfg.timeout_ms, frames_count=k)
-                job = cfg.configured.run_async(self._bindings[:k], done)
-            job.wait(cfg.timeout_ms)
-        except ph.HailoRTTimeout:
-            raise FacefleetError(f"model {self.spec.name}: the Hailo device did not answer within {cfg.timeout_ms} ms") \
-                from None
-        except ph.HailoRTException as e:
-            raise FacefleetError(f"model {self.spec.name}: inference failed on the Hailo device: {_one_line(e)}") \
-                from None
+            for attempt in range(self._backend.retries + 1):
+                generation = cfg.generation
+                try:
+                    error = self._attempt(cfg, k)
+                except ph.HailoRTTimeout:
+                    self.timeouts += 1
+                    self._alloc()  # the job may still complete and write into the old buffers
+                    self._backend._event("hailo_timeout", self.spec.name, f"no answer within {cfg.timeout_ms} ms")
+                    raise FacefleetError(f"model {self.spec.name}: the Hailo device did not answer within "
+                                         f"{cfg.timeout_ms} ms") from None
+                except ph.HailoRTException as e:
+                    error = e
+                if error is None:
+                    return
+                self._backend._event("hailo_error", self.spec.name, _one_line(error))
+                if attempt < self._backend.retries:
+                    self._backend._recover(cfg, generation, _one_line(error))
+            self._backend._recover(cfg, cfg.generation, _one_line(error))  # the next frame finds a live model
+            raise FacefleetError(f"model {self.spec.name}: inference failed on the Hailo device "
+                                 f"({self._backend.retries + 1} attempts): {_one_line(error)}")
         finally:
             self.infer_seconds += time.perf_counter() - t0
             self.calls += 1
-        if failures:
-            raise FacefleetError(f"model {self.spec.name}: inference failed on the Hailo device: {_one_line(failures[0])}")
 
     def close(self) -> None:
         if self._cfg is not None:
             cfg, self._cfg = self._cfg, None
-            self._bindings = []
             self._backend._release(cfg)
 
 
@@ -314,23 +395,83 @@ class HailoBackend:
     """All Hailo models of a process, on one VDevice (create one, share it across cameras).
 
     ``max_batch``: faces per recognizer batch when the spec leaves ``input.max_batch`` open;
-    ``group_id``: VDevice group (``"SHARED"`` lets other VDevices of this process share the chip).
+    ``group_id``: VDevice group (``"SHARED"`` lets other VDevices of this process share the chip);
+    ``multi_process_service``: go through HailoRT's service (``hailort.service``), so several
+    processes (the component and ``facefleet gallery add``/``bench``) share the chip (default:
+    env ``FACEFLEET_HAILO_MULTI_PROCESS=1``); ``retries``: re-configurations tried per failed
+    call; ``on_event``: called with a dict for every device error, recovery and timeout (the
+    component turns them into error events).
     """
 
     name = "hailo"
 
-    def __init__(self, max_batch: int = 8, timeout_ms: int = DEFAULT_TIMEOUT_MS, group_id: str | None = None):
+    def __init__(self, max_batch: int = 8, timeout_ms: int = DEFAULT_TIMEOUT_MS, group_id: str | None = None,
+                 multi_process_service: bool | None = None, retries: int = 1,
+                 on_event: Callable[[dict], None] | None = None):
         self._max_batch = max_batch
         self._timeout_ms = timeout_ms
         self._group_id = group_id
+        if multi_process_service is None:
+            multi_process_service = os.environ.get(MULTI_PROCESS_ENV, "") not in ("", "0")
+        self._service = multi_process_service
+        self.retries = max(0, retries)
+        self._on_event = on_event
         self._vdevice = None
+        self._devices: list = []
+        self._arch: str | None = None
         self._pid: int | None = None
         self._models: dict[str, _Configured] = {}
         self._lock = threading.Lock()
+        self.counters = {"errors": 0, "recoveries": 0, "failed_recoveries": 0, "timeouts": 0}
 
     @property
     def vdevice(self):
         return self._vdevice
+
+    # -- events and health ------------------------------------------------------------------
+
+    def _event(self, kind: str, model: str, message: str) -> None:
+        key = {"hailo_error": "errors", "hailo_recovered": "recoveries", "hailo_recovery_failed": "failed_recoveries",
+               "hailo_timeout": "timeouts"}.get(kind)
+        if key:
+            self.counters[key] += 1
+        (log.info if kind == "hailo_recovered" else log.warning)("%s: %s: %s", kind, model, message)
+        if self._on_event is not None:
+            try:
+                self._on_event({"type": kind, "model": model, "message": message})
+            except Exception:  # a broken listener must not stop inference
+                log.exception("hailo event listener failed")
+
+    def health(self) -> dict:
+        """Chip health for status events: temperature (C, the hotter of the two sensors), throttling,
+        architecture, HailoRT version, error counters. Values the device cannot give are None
+        (``Control.get_chip_temperature`` / ``get_throttling_state``, pyhailort.py v4.23.0:2202, 2453).
+        Never raises and never opens the device."""
+        out: dict = {"device": None, "arch": self._arch, "hailort": None, "temperature_c": None,
+                     "throttling": None, **self.counters,
+                     "models": {cfg.spec.name: {"generation": cfg.generation, "users": cfg.users}
+                                for cfg in list(self._models.values())}}
+        try:
+            hp, _ = _import()
+            out["hailort"] = getattr(hp, "__version__", None)
+        except FacefleetError:
+            return out
+        if not self._devices:
+            return out
+        dev = self._devices[0]
+        out["device"] = getattr(dev, "device_id", None)
+        try:
+            t = dev.control.get_chip_temperature()
+            out["temperature_c"] = round(float(max(t.ts0_temperature, t.ts1_temperature)), 2)
+        except Exception as e:
+            log.debug("no chip temperature: %s", _one_line(e))
+        try:
+            out["throttling"] = bool(dev.control.get_throttling_state())
+        except Exception as e:
+            log.debug("no throttling state: %s", _one_line(e))
+        return out
+
+    # -- device -----------------------------------------------------------------------------
 
     def _device(self, hp, ph):
         if self._vdevice is not None:
@@ -339,21 +480,70 @@ class HailoBackend:
         params.scheduling_algorithm = hp.HailoSchedulingAlgorithm.ROUND_ROBIN
         if self._group_id:
             params.group_id = self._group_id
+        if self._service:
+            params.multi_process_service = True
         try:
             self._vdevice = hp.VDevice(params)
         except ph.HailoRTException as e:
-            text = str(e)
-            if "IN_USE" in text or "in use" in text:
-                raise FacefleetError(f"the Hailo device is busy (held by another process, or by another HailoBackend in this "
-                                     f"process: create one backend and share it): {_one_line(e)}") \
-                    from None
-            if "OUT_OF_PHYSICAL_DEVICES" in text or isinstance(e, ph.HailoRTNotFoundException):
-                raise FacefleetError(f"no Hailo device found (check the PCIe card and the hailo driver): {_one_line(e)}") \
-                    from None
-            raise FacefleetError(f"cannot open the Hailo device: {_one_line(e)}") from None
+            raise self._open_error(hp, ph, e) from None
         self._pid = os.getpid()
-        log.info("Hailo VDevice open (ROUND_ROBIN, devices %s)", self._vdevice.get_physical_devices_ids())
+        self._physical()
+        log.info("Hailo VDevice open (ROUND_ROBIN%s, devices %s, arch %s)", ", multi-process service" if self._service
+                 else "", self._vdevice.get_physical_devices_ids(), self._arch)
         return self._vdevice
+
+    def _open_error(self, hp, ph, e: BaseException) -> FacefleetError:
+        """A clear line for a VDevice that would not open.
+
+        HailoRT reports a chip held by another process (or by another VDevice of this process) as
+        HAILO_OUT_OF_PHYSICAL_DEVICES (74), exactly like a missing chip (vdevice.cpp v4.23.0:853-864);
+        only a chip asked for by id gives HAILO_DEVICE_IN_USE (73). ``Device.scan()`` tells them apart.
+        """
+        text = str(e)
+        if "RPC_FAILED" in text:
+            return FacefleetError(f"the HailoRT multi-process service is not running (sudo systemctl enable --now "
+                                  f"hailort.service), or unset {MULTI_PROCESS_ENV}: {_one_line(e)}")
+        if "OUT_OF_PHYSICAL_DEVICES" in text or "IN_USE" in text:
+            try:
+                present = list(hp.Device.scan())
+            except Exception:
+                present = []
+            if not present:
+                return FacefleetError(f"no Hailo device found (check the PCIe card and the hailo driver: "
+                                      f"`hailortcli scan`): {_one_line(e)}")
+            how = ("another process holds it without the service: stop it, or run it with the service too"
+                   if self._service else
+                   f"run every process that uses it (the component, `facefleet gallery add`, `bench`) through "
+                   f"HailoRT's multi-process service: `sudo systemctl enable --now hailort.service` and "
+                   f"{MULTI_PROCESS_ENV}=1; or stop the other process; inside one process create ONE backend and share it")
+            return FacefleetError(f"the Hailo device {present[0]} is busy ({how}): {_one_line(e)}")
+        if isinstance(e, ph.HailoRTNotFoundException):
+            return FacefleetError(f"no Hailo device found (check the PCIe card and the hailo driver): {_one_line(e)}")
+        return FacefleetError(f"cannot open the Hailo device: {_one_line(e)}")
+
+    def _physical(self) -> None:
+        """The physical chip behind the VDevice, for health and the architecture check (best effort)."""
+        try:
+            self._devices = list(self._vdevice.get_physical_devices())
+            arch = self._devices[0].control.identify().device_architecture
+            self._arch = str(getattr(arch, "name", arch)).lower()
+        except Exception as e:
+            log.debug("cannot identify the Hailo device: %s", _one_line(e))
+
+    def _check_arch(self, path: Path, spec: ModelSpec) -> None:
+        """Refuse a HEF the chip cannot run; warn when it runs slower (hailo8l HEF on a Hailo-8,
+        device_internal.cpp v4.23.0:614-617). The HEF's architecture comes from its spec's
+        provenance (``hw_arch``, written by ``facefleet build``); HailoRT checks it again at configure."""
+        hef_arch = str(spec.provenance.get("hw_arch") or "").lower()
+        dev = self._arch
+        if not hef_arch or not dev or hef_arch == dev or dev == "hailo8_a0":
+            return
+        if dev == "hailo8" and hef_arch in ("hailo8l", "hailo8r", "hailo8p"):
+            self._event("hailo_warning", spec.name, f"HEF {path.name} was compiled for {hef_arch}; it runs on this "
+                                                    f"Hailo-8 at lower performance: build it for hailo8")
+            return
+        raise FacefleetError(f"HEF {path.name} was compiled for {hef_arch}; this device is a {dev}: build it with "
+                             f"hw_arch {dev}")
 
     def load(self, model: ResolvedModel) -> HailoModel:
         hp, ph = _import()
@@ -380,22 +570,24 @@ class HailoBackend:
             self._release(cfg)
             raise
 
-    def _configure(self, hp, ph, path: Path, spec: ModelSpec) -> _Configured:
+    def _open_model(self, hp, ph, path: Path, spec: ModelSpec, batch: int | None):
+        """create_infer_model + formats + configure: (infer_model, configured, io, batch)."""
         vdevice = self._device(hp, ph)
+        self._check_arch(path, spec)
         try:
             infer_model = vdevice.create_infer_model(str(path))
-        except ph.HailoRTInvalidHEFException as e:
+        except ph.HailoRTInvalidHEFException as e:  # the file does not parse as a HEF
             raise FacefleetError(f"{path} is not a valid HEF: {_one_line(e)}") from None
-        except ph.HailoRTHEFNotCompatibleWithDevice as e:  # depending on the version, raised here or at configure()
-            raise FacefleetError(f"HEF {path.name} is not compatible with this Hailo device (compiled for another "
-                                 f"architecture or HailoRT version): {_one_line(e)}") from None
+        except _exc(ph, "HailoRTHEFNotCompatibleWithDevice") as e:
+            raise FacefleetError(f"HEF {path.name} {_NOT_COMPATIBLE}: {_one_line(e)}") from None
         except ph.HailoRTException as e:
             if os.getpid() != self._pid:
                 raise FacefleetError(f"the Hailo device belongs to process {self._pid}: {_one_line(e)}") from None
             raise FacefleetError(f"cannot load HEF {path}: {_one_line(e)}") from None
         io = hef_io(infer_model.hef)
         check_spec(spec, io)
-        batch = 1 if spec.kind == "detector" else (spec.input.max_batch or self._max_batch)
+        if batch is None:
+            batch = 1 if spec.kind == "detector" else (spec.input.max_batch or self._max_batch)
         infer_model.input(io.input_name).set_format_type(hp.FormatType.UINT8)
         infer_model.input(io.input_name).set_format_order(hp.FormatOrder.NHWC)
         for name in io.outputs:
@@ -403,18 +595,44 @@ class HailoBackend:
         infer_model.set_batch_size(batch)
         try:
             configured = infer_model.configure()
-        except ph.HailoRTHEFNotCompatibleWithDevice as e:
-            raise FacefleetError(f"HEF {path.name} is not compatible with this Hailo device (compiled for another "
-                                 f"architecture or HailoRT version): {_one_line(e)}") from None
+        except _incompatible(ph) as e:
+            raise FacefleetError(f"HEF {path.name} {_NOT_COMPATIBLE}: {_one_line(e)}") from None
         except ph.HailoRTException as e:
             raise FacefleetError(f"cannot configure HEF {path.name} on the Hailo device (batch size {batch}): "
                                  f"{_one_line(e)}") from None
         configured.__enter__()
+        return infer_model, configured, io, batch
+
+    def _configure(self, hp, ph, path: Path, spec: ModelSpec) -> _Configured:
+        infer_model, configured, io, batch = self._open_model(hp, ph, path, spec, None)
         queue = configured.get_async_queue_size()
-        cfg = _Configured(infer_model, configured, max(1, min(batch, queue)), io, self._timeout_ms)
+        cfg = _Configured(path, spec, infer_model, configured, max(1, min(batch, queue)), io, self._timeout_ms)
         log.debug("configured %s on the Hailo device: input %s %s, %d outputs, batch %d", spec.name, io.input_name,
                   list(io.input_shape), len(io.outputs), cfg.batch)
         return cfg
+
+    def _recover(self, cfg: _Configured, generation: int, reason: str) -> None:
+        """Replace a configured model whose pipeline died (HailoRT shuts it down for good after a
+        failed job): shut it down, configure the HEF again. Once per failure: a camera that saw the
+        same dead generation does not re-configure twice."""
+        hp, ph = _import()
+        with cfg.submit:
+            if cfg.generation != generation or cfg.configured is None:
+                return
+            old, cfg.configured = cfg.configured, None
+            try:
+                old.shutdown()
+            except Exception as e:
+                log.debug("shutdown of the failed model: %s", _one_line(e))
+            try:
+                infer_model, configured, _, _ = self._open_model(hp, ph, cfg.path, cfg.spec, cfg.batch)
+            except FacefleetError as e:
+                cfg.configured = old  # still dead: the next call fails fast and tries again
+                self._event("hailo_recovery_failed", cfg.spec.name, f"{reason}; re-configure failed: {e}")
+                return
+            cfg.infer_model, cfg.configured = infer_model, configured
+            cfg.generation += 1
+        self._event("hailo_recovered", cfg.spec.name, f"re-configured after: {reason}")
 
     def _check_owner(self) -> None:
         if self._pid is not None and os.getpid() != self._pid:
@@ -437,6 +655,10 @@ class HailoBackend:
             models, self._models = list(self._models.values()), {}
         for cfg in models:
             cfg.close()
+        for dev in self._devices:
+            with contextlib.suppress(Exception):
+                dev.release()
+        self._devices = []
         if self._vdevice is not None:
             vdevice, self._vdevice = self._vdevice, None
             vdevice.release()
@@ -465,7 +687,7 @@ def _cmd_spec(args) -> int:
     out = args.out or args.hef.with_suffix(".json")
     if out.exists() and not args.force:
         raise FacefleetError(f"{out} exists (use --force to replace it)")
-    spec = hef_spec(args.hef, _template(args.template), args.name)
+    spec = hef_spec(args.hef, _template(args.template), args.name, args.bbox_scales_on_host)
     out.write_text(spec.model_dump_json(indent=1, exclude={"sha256"}) + "\n")
     print(f"{out}: {spec.kind} {spec.name}, input {spec.input.name} {spec.input.width}x{spec.input.height}")
     return 0
@@ -482,6 +704,9 @@ def register(subparsers) -> None:
     s.add_argument("--name", help="model name in the spec (default: the template's)")
     s.add_argument("--out", type=Path, help="where to write (default: the sidecar <hef>.json)")
     s.add_argument("--force", action="store_true", help="replace an existing file")
+    s.add_argument("--bbox-scales-on-host", action="store_true",
+                   help="keep the template's SCRFD bbox_scales: only for a HEF cut at the box conv (the scale is NOT "
+                        "inside it). Zoo HEFs have it inside: leave this off")
     s.set_defaults(func=_cmd_spec)
 
 

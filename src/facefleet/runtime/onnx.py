@@ -131,6 +131,10 @@ class OnnxBackend:
         self._spin = spin
         self._providers = providers or ["CPUExecutionProvider"]
 
+    def health(self) -> dict:
+        """Nothing to report for the CPU (the Backend protocol's status hook)."""
+        return {}
+
     def load(self, model: ResolvedModel) -> OnnxModel:
         onnx, ort = _import()
         spec = model.spec

@@ -68,7 +68,8 @@ class MqttSink:
                 ok.append(False)  # not cancelled: awscrt completes its futures itself
                 continue
             r = f.result()
-            ok.append(r is not None and r.puback is not None and r.puback.reason_code.value < 0x80)
+            code = r.puback.reason_code if r is not None and r.puback is not None else None
+            ok.append(code is not None and code.value < 0x80)  # awscrt: None for a code it does not know
         return ok
 
     def close(self) -> None:

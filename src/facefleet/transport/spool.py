@@ -1,10 +1,14 @@
 """Durable event spool (SQLite) and the forwarder that drains it into a sink.
 
-Why: Greengrass spools IoT Core messages in memory (2.5 MB, oldest dropped) and loses them on a
-restart. Every event goes through this queue first and is deleted only after the sink confirms
-it (PUBACK, or the IPC call returned), so a broker outage or a killed process loses nothing;
-delivery is at-least-once and consumers de-duplicate on ``event_id``. The spool is bounded:
-when full the oldest event is dropped and counted.
+Why: Greengrass spools IoT Core messages in memory (2.5 MiB by default) and loses them on a
+nucleus restart; when that spooler is full it REJECTS new QoS 1 messages. Every event goes
+through this queue first and is deleted only after the sink confirms it (PUBACK for MQTT; for
+IPC, the nucleus accepted it into its spooler: see docs/greengrass.md for where that guarantee
+ends), so a broker outage, a full nucleus spooler or a killed process loses nothing; delivery is
+at-least-once and consumers de-duplicate on ``event_id``. The spool is bounded: when full the
+oldest event is dropped and counted. An event the transport can NEVER take (over its payload
+limit, or refused as invalid) is moved to the ``dead_letter`` table and counted, so it neither
+blocks the events behind it nor is retried forever.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ class SpoolItem:
     t_put: float  # time.time() when spooled (publish latency = confirmation - t_put)
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A sink's verdict that an item can never be delivered (retrying cannot help)."""
+
+    reason: str
+
+
 class Sink(Protocol):
-    def send(self, items: list[SpoolItem]) -> list[bool]:
-        """Deliver ``items``; return, per item, whether the far side confirmed it."""
+    def send(self, items: list[SpoolItem]) -> list[bool | Rejected]:
+        """Deliver ``items``; return, per item, True (confirmed), False (retry later) or Rejected."""
 
     def close(self) -> None: ...
 
@@ -58,9 +69,13 @@ class Spool:
             self._db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
                              "kind TEXT NOT NULL, payload BLOB NOT NULL, t_put REAL NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS dead_letter (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+                             "kind TEXT NOT NULL, payload BLOB NOT NULL, t_put REAL NOT NULL, reason TEXT NOT NULL, "
+                             "t_dead REAL NOT NULL)")
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('dropped', 0)")
             self._depth = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             self._dropped = self._db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0]
+            self._dead = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
         except sqlite3.Error as e:
             raise FacefleetError(f"cannot open event spool {self.path}: {e}") from None
         self.max_events = max_events
@@ -74,6 +89,40 @@ class Spool:
     @property
     def dropped(self) -> int:
         return self._dropped
+
+    @property
+    def dead_letters(self) -> int:
+        """Events set aside because the transport can never take them (kept for inspection)."""
+        return self._dead
+
+    def set_aside(self, items: list[tuple[SpoolItem, str]]) -> None:
+        """Move undeliverable events to the dead_letter table (one transaction), counted."""
+        if not items:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO dead_letter VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [(it.seq, it.topic, it.kind, it.payload, it.t_put, reason[:500], now) for it, reason in items])
+                removed = 0
+                for it, _ in items:
+                    removed += self._db.execute("DELETE FROM events WHERE seq = ?", (it.seq,)).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth = max(0, self._depth - removed)
+            self._dead = self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+        for it, reason in items:
+            log.warning("event %d (%s, %d bytes) set aside, the transport can never take it: %s", it.seq, it.kind,
+                        len(it.payload), reason)
+
+    def dead_letter_items(self, limit: int = 1000) -> list[tuple[SpoolItem, str]]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, topic, kind, payload, t_put, reason FROM dead_letter ORDER BY seq LIMIT ?",
+                                    (limit,)).fetchall()
+        return [(SpoolItem(*r[:5]), r[5]) for r in rows]
 
     def put(self, topic: str, kind: str, payload: bytes | str) -> None:
         self.put_many([(topic, kind, payload)])
@@ -135,6 +184,7 @@ class Forwarder:
 
     def __init__(self, spool: Spool, sink: Sink, batch: int = 200, max_backoff_s: float = 2.0):
         self.spool, self.sink, self.batch = spool, sink, batch
+        self.max_payload: int | None = getattr(sink, "max_payload", None)  # the transport's hard limit, if it has one
         self.max_backoff_s = max_backoff_s
         self.sent = 0
         self.failures = 0
@@ -150,10 +200,21 @@ class Forwarder:
         items = self.spool.peek(self.batch)
         if not items:
             return
+        if self.max_payload is not None:
+            over = [(it, f"payload of {len(it.payload)} bytes is over the transport's limit of {self.max_payload}")
+                    for it in items if len(it.payload) > self.max_payload]
+            if over:
+                self.spool.set_aside(over)
+                items = [it for it in items if len(it.payload) <= self.max_payload]
+                if not items:
+                    return
         ok = self.sink.send(items)
         now = time.time()
-        done = [it for it, good in zip(items, ok, strict=True) if good]
+        rejected = [(it, r.reason) for it, r in zip(items, ok, strict=True) if isinstance(r, Rejected)]
+        self.spool.set_aside(rejected)
+        done = [it for it, good in zip(items, ok, strict=True) if good is True]
         self.spool.ack([it.seq for it in done])
+        items = [it for it, r in zip(items, ok, strict=True) if not isinstance(r, Rejected)]
         self.latencies.extend(now - it.t_put for it in done)
         self.sent += len(done)
         if len(done) < len(items):
