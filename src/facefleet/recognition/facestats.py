@@ -7,11 +7,13 @@ The pipeline classifies each frame that had at least one detection:
 - ``usable``: some face passed every gate, or belongs to a track that is carried without
   re-embedding this frame (it was usable when embedded);
 - else the reason of the face that got furthest: ``below_pre_norm_gate`` (embedded, norm under
-  the gate) before ``too_blurred`` (aligned crop sharper than nothing, under
-  ``recognition.min_sharpness``) before ``too_small`` (under ``recognition.min_face_px``).
+  the gate) before ``too_blurred`` (variance of the Laplacian of the aligned crop under
+  ``recognition.min_sharpness``; 0, the default, turns this gate off) before ``too_small``
+  (under ``recognition.min_face_px``).
 
 Frames with no detection at all are counted apart (``no_face``): an empty corridor is not a
-problem. ``FaceStats.snapshot()`` is what a status event carries per camera.
+problem. ``FaceStats.snapshot()`` is what a status event carries per camera: the component
+fills ``StatusEvent.face_usability[camera_id] = pipeline.face_stats.snapshot(reset=True)``.
 """
 
 from __future__ import annotations
