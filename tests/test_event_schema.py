@@ -2,7 +2,7 @@
 accepts both, and a v2 event says which schema it needs.
 
 ``tests/data/events_v1.jsonl`` was written by the version 1 producer (facefleet main at
-01cdfbe, the last commit before schema_version); ``schemas/event.schema.v1.json`` is that
+4214ae9, the last commit before schema_version); ``schemas/event.schema.v1.json`` is that
 commit's ``schemas/event.schema.json``, unchanged.
 """
 

@@ -257,6 +257,9 @@ def _bench_distance(args) -> dict:
 
     if not args.faces:
         raise FacefleetError("bench distance needs --faces DIR (one folder of photos per identity)")
+    out_parent = Path(args.out).resolve().parent
+    if not out_parent.is_dir() or not os.access(out_parent, os.W_OK):  # before the work, not after
+        raise FacefleetError(f"--out {args.out}: folder {out_parent} does not exist or is not writable")
     try:
         fw, fh = (int(v) for v in args.frame.lower().split("x"))
         heights = tuple(float(h) for h in args.heights.split(","))
@@ -306,6 +309,16 @@ def cmd_models(args) -> int:
 
 
 # ---- parser ----------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="facefleet", description="Face recognition for Raspberry Pi + Hailo-8 fleets.")
     p.add_argument("--version", action="version", version=f"facefleet {__version__}")
@@ -363,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure fps, stage times, host overhead; 'bench search' for the gallery")
     b.add_argument("what", nargs="?", choices=["pipeline", "search", "distance"], default="pipeline")
     pipeline_args(b, events=False)
-    b.add_argument("--repeat", type=int, default=1, help="an image source is fed as this many video frames")
+    b.add_argument("--repeat", type=_positive_int, default=1, help="an image source is fed as this many video frames")
     b.add_argument("--recheck-every", type=int, default=None, help="override tracking.recheck_every (1: embed every face every frame)")
     b.add_argument("--identities", type=int, default=100_000, help="bench search: gallery size")
     b.add_argument("--dim", type=int, default=512, help="bench search: embedding size")
@@ -406,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # permission denied, no space left...: the system's own words, one line
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        sys.stderr.write(f"facefleet: error: {e.strerror or e}{where}\n")
+        return EXIT_ERROR
+    except RecursionError:
+        sys.stderr.write("facefleet: error: input nested too deeply\n")
+        return EXIT_ERROR
     except Exception as e:  # the last line of defence: one line, not a traceback
         if os.environ.get("FACEFLEET_DEBUG"):
             raise

@@ -10,7 +10,6 @@ import logging
 import socket
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facefleet.errors import FacefleetError
@@ -72,6 +71,16 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
 
+    @field_validator("device")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        from facefleet.names import topic_value
+
+        try:
+            return topic_value(v, "device")
+        except FacefleetError as e:
+            raise ValueError(str(e)) from None
+
 
 CAMERA_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "file://")
 
@@ -124,6 +133,9 @@ class CommandsConfig(_Section):
                                  f"through IoT Core (128 KiB payloads, base64 image): values above {MAX_ENROLL_IMAGE_BYTES} "
                                  "are accepted for older configurations but the limit in force is "
                                  f"{MAX_ENROLL_IMAGE_BYTES}")
+
+    max_image_pixels: int = Field(40_000_000, ge=10_000, le=100_000_000, description="largest enrollment image in pixels "
+                                  "(width x height, read from the header before decoding: a small PNG can be a pixel bomb)")
 
     @property
     def effective_max_image_bytes(self) -> int:
@@ -245,8 +257,6 @@ def load_config(path: str | Path | None, schema: type[PipelineConfig] = Pipeline
     p = Path(path)
     if not p.is_file():
         raise FacefleetError(f"configuration file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise FacefleetError(f"invalid YAML in {p}: {str(e).splitlines()[0]}") from None
-    return parse_config(data, str(p), schema)
+    from facefleet.yamlsafe import load_yaml_file
+
+    return parse_config(load_yaml_file(p), str(p), schema)  # bounded: no aliases, depth, duplicates

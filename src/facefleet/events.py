@@ -128,6 +128,9 @@ class StatusEvent(_Event):
     dropped: int = Field(0, ge=0)
     dead_letter: int = Field(0, ge=0, description="events the transport can never take (e.g. over IoT Core's 128 KiB), "
                              "set aside in the spool's dead_letter table instead of being retried")
+    spool_error: str | None = Field(None, description="set while the spool's disk refuses writes (e.g. no space left): "
+                                    "events are then held in memory")
+    held_in_memory: int = Field(0, ge=0, description="events held in memory because the spool's disk refuses writes")
     temperature_c: float | None = Field(None, ge=-50, le=150, description="device temperature in °C (the Hailo chip or the "
                                         "SoC), when the component reads one")
     face_usability: dict[str, FaceUsability] | None = Field(

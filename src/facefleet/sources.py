@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -41,14 +40,9 @@ class Frame:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read a BGR image or fail with one clear line."""
-    p = Path(path)
-    if not p.is_file():
-        raise FacefleetError(f"image not found: {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise FacefleetError(f"cannot decode image {p} (corrupt or not an image)")
-    return img
+    from facefleet.images import read_image_file
+
+    return read_image_file(path)  # dimensions checked from the header before decoding
 
 
 class _StreamLost(Exception):

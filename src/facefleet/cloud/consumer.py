@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from facefleet.errors import FacefleetError
 from facefleet.events import json_schema
+from facefleet.names import printable
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class SqliteStore:
     def __init__(self, path: Path):
         if not path.parent.is_dir():
             raise FacefleetError(f"folder does not exist: {path.parent}")
+        if not path.exists():  # personal data: 0600, like the JSONL store and the gallery
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        elif path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("""CREATE TABLE IF NOT EXISTS events (
             event_id TEXT PRIMARY KEY, type TEXT, device TEXT, camera_id TEXT, identity TEXT,
@@ -145,7 +150,7 @@ class Consumer:
                 return False
             self.stats.stored += 1
             if self.follow is not None:
-                self.follow.write(follow_line(event) + "\n")
+                self.follow.write(printable(follow_line(event), 2000) + "\n")  # no ESC/BEL/bidi to the terminal
                 self.follow.flush()
             return True
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from facefleet.config import CameraConfig
 from facefleet.events import ErrorEvent
+from facefleet.planfit import PlanGuard
 from facefleet.recognition.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class CameraWorker:
         self.cam, self.pipeline, self.infer_lock, self.publish = cam, pipeline, infer_lock, publish
         self.device, self.retry_s = device, retry_s
         self.frames = 0
+        self._plans = PlanGuard()  # the plan is checked against the frames it really gets
         self.finished = threading.Event()  # a file source reached its end
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{cam.id}", daemon=True)
@@ -44,7 +46,11 @@ class CameraWorker:
                     if self._stop.is_set():
                         break
                     with self.infer_lock:
+                        misfit = self._plans.check(self.pipeline, frame.image.shape[1], frame.image.shape[0])
                         events = self.pipeline.process(frame)
+                    if misfit:  # once per source/configuration, not once per frame
+                        log.warning("camera %s: %s", self.cam.id, misfit)
+                        self.publish(ErrorEvent(device=self.device, source="camera", message=f"camera {self.cam.id}: {misfit}"))
                     self.frames += 1
                     for ev in events:
                         self.publish(ev)
@@ -57,7 +63,10 @@ class CameraWorker:
                     return
             except Exception as e:  # a camera failure is an event, never the end of the component
                 log.warning("camera %s: %s", self.cam.id, e)
-                self.publish(ErrorEvent(device=self.device, source="camera", message=f"camera {self.cam.id}: {e}"))
+                try:
+                    self.publish(ErrorEvent(device=self.device, source="camera", message=f"camera {self.cam.id}: {e}"))
+                except Exception as pe:  # the handler must not end the thread either
+                    log.error("camera %s: cannot publish the error event: %s", self.cam.id, pe)
                 self._stop.wait(self.retry_s)
             finally:
                 if source is not None:

@@ -44,6 +44,8 @@ def parse_command(payload: bytes | str | dict, max_payload: int) -> Command:
             raise FacefleetError(f"command payload of {len(payload)} bytes is over the limit of {max_payload}")
         try:
             payload = json.loads(payload)
+        except RecursionError:
+            raise FacefleetError("command payload is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise FacefleetError(f"command payload is not JSON: {e}") from None
     if not isinstance(payload, dict):
@@ -54,19 +56,48 @@ def parse_command(payload: bytes | str | dict, max_payload: int) -> Command:
         raise FacefleetError(format_validation_error(e, "command").replace("invalid configuration command", "invalid command")) from None
 
 
-def decode_image(cmd: Enroll, max_bytes: int):
-    import cv2
-    import numpy as np
+def _as_dict(payload: bytes | str | dict, max_payload: int) -> dict | None:
+    if isinstance(payload, dict):
+        return payload
+    if len(payload) > max_payload:
+        return None
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
-    if len(cmd.image_b64) > max_bytes * 4 // 3 + 4:
+
+def request_id_of(payload: bytes | str | dict, max_payload: int) -> str | None:
+    """The request_id of a command that failed to parse, if one can be read: the caller waits on it."""
+    data = _as_dict(payload, max_payload)
+    rid = data.get("request_id") if data else None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
+
+
+def command_of(payload: bytes | str | dict, max_payload: int) -> str:
+    data = _as_dict(payload, max_payload)
+    cmd = data.get("command") if data else None
+    return cmd if isinstance(cmd, str) and cmd in ("enroll", "remove", "list") else "unknown"
+
+
+def decode_image(cmd: Enroll, max_bytes: int, max_pixels: int | None = None):
+    """Base64 (MIME line breaks allowed) -> BGR, bounded in bytes AND in pixels (read from the
+    header before anything is decoded: a small PNG can be a 25000x25000 bomb)."""
+    from facefleet.images import MAX_PIXELS, decode_image_bytes
+
+    text = "".join(cmd.image_b64.split())  # MIME-wrapped base64 (RFC 2045 76-char lines)
+    if len(text) > max_bytes * 4 // 3 + 4:
         raise FacefleetError(f"enroll image is over the limit of {max_bytes} bytes")
     try:
-        raw = base64.b64decode(cmd.image_b64, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise FacefleetError("enroll image_b64 is not valid base64") from None
     if len(raw) > max_bytes:
         raise FacefleetError(f"enroll image is {len(raw)} bytes, over the limit of {max_bytes}")
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FacefleetError("enroll image could not be decoded (JPEG or PNG expected)")
-    return img
+    try:
+        return decode_image_bytes(raw, "enroll image", max_pixels or MAX_PIXELS)
+    except FacefleetError as e:
+        if "cannot decode" in str(e):
+            raise FacefleetError("enroll image could not be decoded (JPEG or PNG expected)") from None
+        raise

@@ -107,6 +107,7 @@ class _MqttOut:
         m = cfg.mqtt
         spool_path = Path(cfg.spool.path) if Path(cfg.spool.path).is_absolute() else base / cfg.spool.path
         self.spool = Spool(spool_path, cfg.spool.max_events)
+        self.spool.on_change = lambda err: log.error("event spool: %s", err) if err else log.info("event spool writable again")
         self.sink = MqttSink(m.host, m.port, m.client_id, m.cert, m.key, m.ca)
         self.forwarder = Forwarder(self.spool, self.sink, cfg.spool.batch).start()
         self.publisher = SpooledPublisher(self.spool, cfg.topics.events, cfg.device)

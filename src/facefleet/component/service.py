@@ -15,8 +15,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from facefleet.archives import read_gallery_archive
 from facefleet.component.cameras import CameraWorker
-from facefleet.component.commands import Enroll, ListIds, Remove, decode_image, parse_command
+from facefleet.component.commands import Enroll, ListIds, Remove, command_of, decode_image, parse_command, request_id_of
 from facefleet.component.devices import DeviceCheck
 from facefleet.component.models import ModelPaths, load_pair, model_paths
 from facefleet.component.subscriptions import Subscriptions, describe
@@ -82,10 +83,14 @@ class Component:
                 self._sink = IpcSink(self.ipc, self.thing, self.cfg.topics.local)
             self.forwarder = Forwarder(self.spool, self._sink, self.cfg.spool.batch).start()
             self.publisher = SpooledPublisher(self.spool, self.cfg.topics.events, self.thing)
+            self.spool.on_change = self._spool_changed
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
             self.models = load_pair(self.cfg, self.paths, self.backends)
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
-            self._merge_archives(self.cfg.gallery_archives)
+            try:  # each archive merges all or nothing; a bad one must not keep the cameras down
+                self._merge_archives(self.cfg.gallery_archives)
+            except FacefleetError as e:
+                self.error("gallery", one_line(e))
             self.index = gallery_index(self.gallery, self.models.recognizer)
             for cam in self.cfg.cameras:
                 self._start_camera(cam)
@@ -154,6 +159,14 @@ class Component:
             self.ipc.update_state(state=getattr(ReportedLifecycleState, state))
         except Exception as e:
             log.warning("%s", describe(f"UpdateState {state}", e))
+
+    def _spool_changed(self, disk_error: str | None) -> None:
+        """The spool's disk refused writes (or takes them again): say so in an error event."""
+        if disk_error is not None:
+            self.error("spool", f"event spool cannot write ({disk_error}); holding up to {self.spool.memory_max} "
+                       "events in memory, the oldest are dropped and counted")
+        else:
+            log.info("event spool writable again")
 
     def publish(self, event) -> None:
         self.publisher.publish(event)
@@ -229,9 +242,10 @@ class Component:
             paths = model_paths(cfg, self.artifacts, self.environ)
             for a in cfg.gallery_archives:
                 # a name already in force may be gone (another version's artifacts folder): its crops
-                # were merged already, so only a newly named archive must exist
-                if a not in self.cfg.gallery_archives and not self._artifact_path(a).is_file():
-                    raise FacefleetError(f"gallery archive not found: {self._artifact_path(a)}")
+                # were merged already, so only a newly named archive must exist -- and is read and
+                # checked entry by entry, as the merge will, before the deployment is ACCEPTED
+                if a not in self.cfg.gallery_archives:
+                    read_gallery_archive(self._artifact_path(a))
             if paths != self.paths or cfg.models != self.cfg.models or cfg.detection != self.cfg.detection:
                 load_pair(cfg, paths, self.backends).close()
         except Exception as e:
@@ -376,6 +390,10 @@ class Component:
             cmd = parse_command(payload, limit)
         except FacefleetError as e:
             self.error("command", str(e))
+            rid = request_id_of(payload, limit)
+            if rid is not None:  # the caller waits on its request_id: answer it
+                self.publish(CommandResultEvent(device=self.cfg.device, command=command_of(payload, limit), request_id=rid,
+                                                ok=False, message=one_line(e)))
             return
         try:
             message, ids = self.run_command(cmd)
@@ -389,7 +407,7 @@ class Component:
 
     def run_command(self, cmd) -> tuple[str, list[str] | None]:
         from facefleet.recognition.gallery import validate_name
-        from facefleet.recognition.loader import gallery_index, largest_face_crop
+        from facefleet.recognition.loader import largest_face_crop, update_index
 
         if isinstance(cmd, ListIds):
             names = self.gallery.names()
@@ -401,9 +419,11 @@ class Component:
         with self._apply_lock, self.busy():
             name = validate_name(cmd.name)
             if isinstance(cmd, Enroll):
-                image = decode_image(cmd, self.cfg.commands.effective_max_image_bytes)
-                with self.infer_lock:
-                    crop = largest_face_crop(self.models.detector, image)
+                image = decode_image(cmd, self.cfg.commands.effective_max_image_bytes, self.cfg.commands.max_image_pixels)
+                # Its own Detector (own buffers) on the shared, thread-safe model: NOT under
+                # infer_lock, so the cameras keep processing while an enroll detects.
+                crop = largest_face_crop(self.models.detector.fork(), image)
+                del image
                 if crop is None:
                     raise FacefleetError("no face found in the enroll image")
                 self.gallery.add(name, [crop], ["command"])
@@ -414,7 +434,7 @@ class Component:
                     raise FacefleetError(f"no identity {name!r} in the gallery")
                 self.gallery.remove(name)
                 message = f"{name} removed"
-            index = gallery_index(self.gallery, self.models.recognizer)
+            index = update_index(self.gallery, self.index, [name], self.models.recognizer)  # only this identity
             with self.infer_lock:
                 for w in self.cameras.values():
                     w.pipeline.set_models(self.models.detector, self.models.recognizer, index)
@@ -434,7 +454,8 @@ class Component:
         return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms,
                            models=Models(detector=self.models.detector.spec.fingerprint, recognizer=self.models.recognizer.fingerprint),
                            gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
-                           dead_letter=self.spool.dead_letters)
+                           dead_letter=self.spool.dead_letters,
+                           spool_error=self.spool.disk_error, held_in_memory=self.spool.held_in_memory)
 
     def _status_loop(self) -> None:
         last: dict[str, tuple[int, float]] = {}

@@ -68,8 +68,9 @@ class FileWatcher:
     to ``apply``. A file that does not parse is reported and the pipeline keeps its configuration."""
 
     def __init__(self, path: str | Path, apply: Callable[[ComponentConfig], None], on_error: Callable[[str], None],
-                 interval_s: float = 1.0):
+                 interval_s: float = 1.0, settle_s: float = 0.3):
         self.path, self.apply, self.on_error, self.interval_s = Path(path), apply, on_error, interval_s
+        self.settle_s = settle_s
         self._stamp = self._stat()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
@@ -80,6 +81,16 @@ class FileWatcher:
             return (st.st_mtime_ns, st.st_size)
         except OSError:
             return None
+
+    def _settled(self, stamp, rounds: int = 20):
+        """Wait until the file is unchanged for ``settle_s`` (an editor or ``cp`` may be mid-write)."""
+        for _ in range(rounds):
+            time.sleep(self.settle_s)
+            now = self._stat()
+            if now == stamp:
+                return stamp
+            stamp = now
+        return stamp
 
     def start(self) -> FileWatcher:
         self._thread.start()
@@ -92,6 +103,7 @@ class FileWatcher:
         stamp = self._stat()
         if stamp == self._stamp or stamp is None:
             return False
+        stamp = self._settled(stamp)  # a file still being written is not applied half-written
         self._stamp = stamp
         try:
             cfg = load_config(self.path, ComponentConfig)

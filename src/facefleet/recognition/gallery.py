@@ -12,11 +12,14 @@ one embedding space.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import logging
 import os
+import re
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -54,10 +57,40 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def validate_name(name: str) -> str:
-    name = name.strip()
-    if not name or len(name) > NAME_MAX or any(c in name for c in "\n\r\t\0/\\"):
-        raise FacefleetError(f"invalid identity name {name!r}: 1-{NAME_MAX} characters, no slashes or control characters")
-    return name
+    from facefleet.names import identity_name
+
+    return identity_name(name)
+
+
+CROP_FILE = re.compile(r"^[0-9a-f]{32}\.png$")  # content-addressed: nothing read from disk may name another path
+CROP_SIZE = (112, 112)
+
+
+def _check_data(data: object, where: str) -> dict:
+    """Everything read from gallery.json is checked: names, crop file names (no ``../``)."""
+    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or not isinstance(data.get("identities"), dict):
+        raise FacefleetError(f"corrupt gallery index {where}: unsupported format")
+    for name, entry in data["identities"].items():
+        try:
+            validate_name(name)
+        except FacefleetError as e:
+            raise FacefleetError(f"corrupt gallery index {where}: {e}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("crops"), list) or not all(
+                isinstance(c, str) and CROP_FILE.match(c) for c in entry["crops"]):
+            raise FacefleetError(f"corrupt gallery index {where}: identity {name!r} has invalid crop file names")
+        entry.setdefault("sources", [""] * len(entry["crops"]))
+    return data
+
+
+def _tighten(root: Path) -> None:
+    """Personal data: the gallery folder is 0700. A folder others can read or write is tightened."""
+    try:
+        mode = stat.S_IMODE(root.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(root, 0o700)
+            log.warning("gallery %s was mode %o; tightened to 0700", root, mode)
+    except OSError as e:
+        raise FacefleetError(f"gallery {root}: cannot set permissions: {e.strerror}") from None
 
 
 # Galleries at least this large are searched coarse-int8-then-exact (when onnxruntime is there).
@@ -139,7 +172,13 @@ class Gallery:
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path, create: bool = False) -> Gallery:
-        root = Path(root)
+        try:
+            return cls._open(Path(root), create)
+        except OSError as e:
+            raise FacefleetError(f"gallery {root}: {e.strerror or e}{' (' + e.filename + ')' if e.filename else ''}") from None
+
+    @classmethod
+    def _open(cls, root: Path, create: bool) -> Gallery:
         index = root / INDEX
         if not index.is_file():
             if not create:
@@ -148,16 +187,16 @@ class Gallery:
                 raise FacefleetError(f"gallery path {root} is not a directory")
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
             (root / "crops").mkdir(exist_ok=True, mode=0o700)
+            _tighten(root)
             g = cls(root, {"version": FORMAT_VERSION, "identities": {}})
             g._save()
             return g
+        _tighten(root)
         try:
-            data = json.loads(index.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FacefleetError(f"corrupt gallery index {index}: {e}") from None
-        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or not isinstance(data.get("identities"), dict):
-            raise FacefleetError(f"corrupt gallery index {index}: unsupported format")
-        return cls(root, data)
+            data = json.loads(index.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise FacefleetError(f"corrupt gallery index {index}: {one_line_of(e)}") from None
+        return cls(root, _check_data(data, str(index)))
 
     def _save(self) -> None:
         _atomic_write(self.root / INDEX, json.dumps(self._data, indent=1, sort_keys=True).encode())
@@ -183,18 +222,50 @@ class Gallery:
         return [self.root / "crops" / c for c in self._data["identities"][name]["crops"]]
 
     def load_crops(self, name: str) -> np.ndarray:
+        from facefleet.images import read_image_file
+
         crops = []
         for p in self.crop_files(name):
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                raise FacefleetError(f"gallery {self.root}: crop {p.name} of {name!r} is missing or unreadable")
+            try:
+                img = read_image_file(p, max_pixels=CROP_SIZE[0] * CROP_SIZE[1], max_bytes=1 << 20)
+            except FacefleetError:
+                img = None
+            if img is None or img.shape[:2] != CROP_SIZE:
+                raise FacefleetError(f"gallery {self.root}: crop {p.name} of {name!r} is missing, unreadable or not "
+                                     f"{CROP_SIZE[0]}x{CROP_SIZE[1]}")
             crops.append(img)
         return np.stack(crops)
+
+    # ---- all-or-nothing changes ------------------------------------------------------------
+    def _transaction(self):
+        """Snapshot for rollback: on any failure (a full disk, a bad entry) memory, gallery.json
+        and the crops folder are as before. Returns (restore, new_files)."""
+        before = copy.deepcopy(self._data)
+        new_files: list[Path] = []
+
+        def restore() -> None:
+            self._data = before
+            for f in new_files:
+                f.unlink(missing_ok=True)
+        return restore, new_files
 
     # ---- writing -------------------------------------------------------------------------
     def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None, ignore: bool = False) -> int:
         """Store aligned crops for ``name`` (created if new). Returns the number of new crops.
         ``ignore``: ``name`` is an ignore anchor (matches to it raise no event)."""
+        restore, new_files = self._transaction()
+        try:
+            added = self._add(name, crops, sources, new_files, ignore)
+            self._save()
+        except BaseException as e:
+            restore()
+            if isinstance(e, OSError):
+                raise FacefleetError(f"gallery {self.root}: {name!r} not enrolled: {e.strerror or e}") from None
+            raise
+        return added
+
+    def _add(self, name: str, crops: list[np.ndarray], sources: list[str] | None, new_files: list[Path],
+             ignore: bool = False) -> int:
         name = validate_name(name)
         if not crops:
             raise FacefleetError(f"no face crops to enroll for {name!r}")
@@ -208,6 +279,8 @@ class Gallery:
             entry["ignore"] = True
         added = 0
         for i, crop in enumerate(crops):
+            if crop.shape[:2] != CROP_SIZE:
+                raise FacefleetError(f"a crop of {name!r} is {crop.shape[1]}x{crop.shape[0]}, not {CROP_SIZE[0]}x{CROP_SIZE[1]}")
             ok, png = cv2.imencode(".png", crop)
             if not ok:
                 raise FacefleetError(f"cannot encode a crop of {name!r}")
@@ -215,18 +288,25 @@ class Gallery:
             fname = f"{digest}.png"
             if fname in entry["crops"]:
                 continue
-            _atomic_write(self.root / "crops" / fname, png.tobytes())
+            path = self.root / "crops" / fname
+            if not path.exists():
+                new_files.append(path)
+            _atomic_write(path, png.tobytes())
             entry["crops"].append(fname)
-            entry["sources"].append(sources[i] if sources else "")
+            entry["sources"].append(sources[i] if sources and i < len(sources) else "")
             added += 1
-        self._save()
         return added
 
     def remove(self, name: str) -> None:
         if name not in self._data["identities"]:
             raise FacefleetError(f"no identity {name!r} in gallery {self.root}")
+        restore, _ = self._transaction()
         entry = self._data["identities"].pop(name)
-        self._save()
+        try:
+            self._save()
+        except OSError as e:
+            restore()
+            raise FacefleetError(f"gallery {self.root}: {name!r} not removed: {e.strerror or e}") from None
         still_used = {c for e in self._data["identities"].values() for c in e["crops"]}
         for c in entry["crops"]:
             if c not in still_used:
@@ -251,35 +331,20 @@ class Gallery:
         """Add the identities of an archive (made by ``export_archive`` / ``gallery pack``).
         Everything is read and checked first; the gallery changes only if all of it is valid.
         Returns the number of crops added."""
-        path = Path(path)
-        if not path.is_file():
-            raise FacefleetError(f"gallery archive not found: {path}")
-        if path.stat().st_size > max_bytes:
-            raise FacefleetError(f"gallery archive {path.name} is larger than {max_bytes >> 20} MB")
+        from facefleet.archives import read_gallery_archive
+
+        ignored: set[str] = set()
+        staged = read_gallery_archive(Path(path), max_bytes, ignored=ignored)  # bounded, every entry checked
+        restore, new_files = self._transaction()
         try:
-            with tarfile.open(path, mode="r:gz") as tar:
-                files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise FacefleetError(f"corrupt gallery archive {path.name}: {e}") from None
-        try:
-            manifest = json.loads(files[ARCHIVE_MANIFEST])
-            assert manifest["format"] == ARCHIVE_FORMAT
-            identities = manifest["identities"]
-        except (KeyError, json.JSONDecodeError, AssertionError, TypeError):
-            raise FacefleetError(f"gallery archive {path.name}: missing or unsupported {ARCHIVE_MANIFEST}") from None
-        staged: dict[str, list[np.ndarray]] = {}
-        for name, entry in identities.items():
-            validate_name(name)
-            crops = []
-            for c in entry["crops"]:
-                data = files.get(f"crops/{c}")
-                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-                if img is None or img.shape[:2] != (112, 112):
-                    raise FacefleetError(f"gallery archive {path.name}: crop {c} of {name!r} is missing or not a 112x112 image")
-                crops.append(img)
-            staged[name] = crops
-        return sum(self.add(name, crops, identities[name].get("sources"), ignore=bool(identities[name].get("ignore")))
-                   for name, crops in staged.items())
+            added = sum(self._add(name, crops, sources, new_files, name in ignored) for name, (crops, sources) in staged.items())
+            self._save()
+        except BaseException as e:
+            restore()
+            if isinstance(e, OSError):
+                raise FacefleetError(f"gallery archive {Path(path).name} not merged: {e.strerror or e}") from None
+            raise
+        return added
 
     # ---- embeddings ----------------------------------------------------------------------
     def _content_key(self) -> str:
@@ -289,7 +354,7 @@ class Gallery:
         return h.hexdigest()
 
     def index_for(self, fingerprint: str, embed: Callable[[np.ndarray], np.ndarray],
-                  use_cache: bool = True) -> GalleryIndex:
+                  use_cache: bool = True, dim: int | None = None) -> GalleryIndex:
         """Identity templates for the model ``fingerprint``, from the cache when it is current.
 
         ``embed`` maps a crop batch ``[n,112,112,3]`` to unit embeddings; it is called once for
@@ -301,9 +366,12 @@ class Gallery:
         if use_cache and cache.is_file():
             try:
                 with np.load(cache, allow_pickle=False) as z:
+                    t = z["templates"]
+                    if str(z["key"]) == key and _templates_ok(t, len(names), dim):
+                        return GalleryIndex(fingerprint, names, t.astype(np.float32), ignored=self.ignored())
                     if str(z["key"]) == key:
-                        return GalleryIndex(fingerprint, names, z["templates"].astype(np.float32), ignored=self.ignored())
-            except (OSError, KeyError, ValueError):
+                        log.warning("gallery cache %s does not fit the model (shape %s); recomputing", cache.name, t.shape)
+            except (OSError, KeyError, ValueError, EOFError):
                 log.warning("gallery cache %s unreadable; recomputing", cache.name)
         if not names:
             return GalleryIndex(fingerprint, [], np.zeros((0, 0), np.float32))
@@ -318,11 +386,49 @@ class Gallery:
         np.add.at(templates, owner_a, emb)
         templates /= np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
         if use_cache:
-            cache.parent.mkdir(exist_ok=True, mode=0o700)
-            buf = _npz_bytes(key=np.array(key), templates=templates)
-            _atomic_write(cache, buf)
+            self._write_cache(cache, key, templates)
         log.info("gallery %s: embedded %d crops of %d identities for model %s", self.root, len(owner), len(names), fingerprint)
         return GalleryIndex(fingerprint, names, templates, ignored=self.ignored())
+
+
+    def _write_cache(self, cache: Path, key: str, templates: np.ndarray) -> None:
+        """The cache is disposable: a full disk or a read-only folder costs a re-embed, never the run."""
+        try:
+            cache.parent.mkdir(exist_ok=True, mode=0o700)
+            _atomic_write(cache, _npz_bytes(key=np.array(key), templates=templates))
+        except OSError as e:
+            log.warning("gallery cache %s not written (%s); continuing without it", cache, e.strerror or e)
+
+    def update_index(self, index: GalleryIndex, changed: list[str], embed: Callable[[np.ndarray], np.ndarray],
+                     use_cache: bool = True) -> GalleryIndex:
+        """``index`` with only the ``changed`` identities re-embedded (added, extended or removed):
+        an enroll costs its own crops, not the whole gallery."""
+        rows = {n: index.templates[i] for i, n in enumerate(index.names)}
+        for name in changed:
+            rows.pop(name, None)
+            if name in self:
+                t = embed(self.load_crops(name)).sum(axis=0)
+                rows[name] = (t / max(float(np.linalg.norm(t)), 1e-12)).astype(np.float32)
+        names = self.names()
+        missing = [n for n in names if n not in rows]
+        if missing:  # the index did not come from this gallery: the full path
+            return self.index_for(index.fingerprint, embed, use_cache)
+        dim = next(iter(rows.values())).shape[0] if rows else 0
+        templates = np.stack([rows[n] for n in names]) if names else np.zeros((0, dim), np.float32)
+        if use_cache:
+            self._write_cache(self.root / "cache" / f"{index.fingerprint}.npz", self._content_key(), templates)
+        return GalleryIndex(index.fingerprint, names, templates, index.coarse_from, ignored=self.ignored())
+
+
+def _templates_ok(t: np.ndarray, n: int, dim: int | None) -> bool:
+    """A cache read from disk is trusted only if it fits: n rows, the model's dimension, finite."""
+    return (t.ndim == 2 and t.shape[0] == n and (dim is None or t.shape[1] == dim) and t.dtype.kind == "f"
+            and bool(np.all(np.isfinite(t))))
+
+
+def one_line_of(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

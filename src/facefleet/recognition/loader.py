@@ -28,8 +28,24 @@ class ModelPair:
         self.recognizer.model.close()
 
 
+def check_pin(path: str | Path, want: str | None, role: str) -> None:
+    """``models.<role>_sha256``: the file used must have this sha256 (also for ``run`` and ``gallery add``)."""
+    if want is None:
+        return
+    from facefleet.modelspec import sha256_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise FacefleetError(f"{role} model file not found: {p}")
+    got = sha256_file(p)
+    if got != want:
+        raise FacefleetError(f"{role} model {p.name}: sha256 {got[:12]}... does not match models.{role}_sha256 {want[:12]}...")
+
+
 def load_detector(backend: Backend, path: str | Path | None, cfg: PipelineConfig) -> Detector:
-    model = backend.load(resolve_model(path or default_model("detector"), kind="detector"))
+    path = path or default_model("detector")
+    check_pin(path, cfg.models.detector_sha256, "detector")
+    model = backend.load(resolve_model(path, kind="detector"))
     d = cfg.detection
     try:
         return Detector(model, max_side=d.max_side, score_threshold=d.score_threshold, nms_iou=d.nms_iou,
@@ -39,8 +55,10 @@ def load_detector(backend: Backend, path: str | Path | None, cfg: PipelineConfig
         raise
 
 
-def load_recognizer(backend: Backend, path: str | Path | None) -> Recognizer:
-    model = backend.load(resolve_model(path or default_model("recognizer"), kind="recognizer"))
+def load_recognizer(backend: Backend, path: str | Path | None, pin: str | None = None) -> Recognizer:
+    path = path or default_model("recognizer")
+    check_pin(path, pin, "recognizer")
+    model = backend.load(resolve_model(path, kind="recognizer"))
     try:
         return Recognizer(model)
     except Exception:
@@ -52,7 +70,7 @@ def load_models(backend: Backend, cfg: PipelineConfig, detector: str | Path | No
                 recognizer: str | Path | None = None) -> ModelPair:
     det = load_detector(backend, detector or cfg.models.detector, cfg)
     try:
-        rec = load_recognizer(backend, recognizer or cfg.models.recognizer)
+        rec = load_recognizer(backend, recognizer or cfg.models.recognizer, cfg.models.recognizer_sha256)
     except Exception:
         det.model.close()
         raise
@@ -65,7 +83,19 @@ def gallery_index(gallery: Gallery, recognizer: Recognizer, batch: int = 64) -> 
     def embed(crops: np.ndarray) -> np.ndarray:
         return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
 
-    return gallery.index_for(recognizer.fingerprint, embed)
+    return gallery.index_for(recognizer.fingerprint, embed, dim=recognizer.rec.embedding_size)
+
+
+def update_index(gallery: Gallery, index: GalleryIndex, changed: list[str], recognizer: Recognizer,
+                 batch: int = 64) -> GalleryIndex:
+    """``index`` with only ``changed`` identities re-embedded (an enroll or a remove)."""
+    if index.fingerprint != recognizer.fingerprint:
+        return gallery_index(gallery, recognizer, batch)
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
+
+    return gallery.update_index(index, changed, embed)
 
 
 def largest_face_crop(detector: Detector, image: np.ndarray, size: int = 112) -> np.ndarray | None:

@@ -47,6 +47,16 @@ class Detector:
         self._tiles: np.ndarray | None = None
         self.self_test()
 
+    def fork(self) -> Detector:
+        """The same model with its own scratch buffers: a second thread (an enrollment) can
+        detect while cameras do, without their lock. Backends' ``run`` is thread-safe
+        (onnxruntime sessions; HailoModel serializes on its own lock)."""
+        import copy
+
+        twin = copy.copy(self)
+        twin._canvas, twin._tiles = None, None
+        return twin
+
     def input_size_for(self, frame_w: int, frame_h: int) -> tuple[int, int]:
         return input_size(frame_w, frame_h, self._fixed[0], self._fixed[1], self.max_side, self.spec.input.size_multiple)
 

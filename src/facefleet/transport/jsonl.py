@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -21,18 +22,38 @@ class JsonlSink:
             if p.parent and not p.parent.is_dir():
                 raise FacefleetError(f"events folder does not exist: {p.parent}")
             try:
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                self._heal_tail()
             except OSError as e:
                 raise FacefleetError(f"cannot write events to {p}: {e.strerror}") from None
-            self._f = os.fdopen(fd, "a", encoding="utf-8")
+            self._path = p
             self._own = True
         self.count = 0
 
+    def _heal_tail(self) -> None:
+        """A line torn by an earlier crash or full disk must not swallow this run's first event."""
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        if end and os.pread(self._fd, 1, end - 1) != b"\n":
+            os.write(self._fd, b"\n")
+
     def publish(self, event) -> None:
-        self._f.write(to_json(event) + "\n")
-        self._f.flush()
+        line = to_json(event) + "\n"
+        if not self._own:
+            self._f.write(line)
+            self._f.flush()
+        else:  # one write per line; a partial write is cut back, so the file never holds half a line
+            data = line.encode("utf-8")
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                n = os.write(self._fd, data)
+                if n != len(data):
+                    raise OSError(28, "No space left on device (short write)")
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                raise FacefleetError(f"cannot write events to {self._path}: {e.strerror or e}") from None
         self.count += 1
 
     def close(self) -> None:
         if self._own:
-            self._f.close()
+            os.close(self._fd)

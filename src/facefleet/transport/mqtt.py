@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 
 from facefleet.errors import FacefleetError
+from facefleet.transport.inflight import InFlight
 from facefleet.transport.spool import SpoolItem
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class MqttSink:
     def __init__(self, host: str, port: int, client_id: str | None = None, cert: str | None = None,
-                 key: str | None = None, ca: str | None = None, ack_timeout_s: int = 5):
+                 key: str | None = None, ca: str | None = None, ack_timeout_s: int = 5, max_ack_timeout_s: int = 120):
         try:
             from awscrt import io, mqtt5
         except ImportError:
@@ -32,11 +33,13 @@ class MqttSink:
             tls_ctx = io.ClientTlsContext(opts)
         self.connected = threading.Event()
         self.ack_timeout_s = ack_timeout_s
+        # The client's own deadline is the longest we ever wait: a slow PUBACK still confirms.
+        self.inflight = InFlight(min_timeout_s=ack_timeout_s, max_timeout_s=max_ack_timeout_s)
         options = mqtt5.ClientOptions(
             host_name=host, port=port, tls_ctx=tls_ctx,
             connect_options=mqtt5.ConnectPacket(client_id=client_id or f"facefleet-{uuid.uuid4().hex[:12]}", keep_alive_interval_sec=30),
             offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
-            min_reconnect_delay_ms=200, max_reconnect_delay_ms=2000, ack_timeout_sec=ack_timeout_s,
+            min_reconnect_delay_ms=200, max_reconnect_delay_ms=2000, ack_timeout_sec=max_ack_timeout_s,
             on_lifecycle_event_connection_success_fn=lambda _d: self._set(True),
             on_lifecycle_event_disconnection_fn=lambda _d: self._set(False),
             on_lifecycle_event_connection_failure_fn=lambda _d: self._set(False),
@@ -50,27 +53,29 @@ class MqttSink:
         (self.connected.set if up else self.connected.clear)()
 
     def send(self, items: list[SpoolItem]) -> list[bool]:
+        """QoS 1 through the in-flight window (see inflight.py): nothing is published twice while
+        its PUBACK may still come; the wait follows the measured round trip."""
         mqtt5 = self._mqtt5
         if not self.connected.wait(0.5):
             return [False] * len(items)
-        futures: list[Future | None] = []
-        for it in items:
+        by_seq = {it.seq: it for it in items}
+
+        def publish(seq: int) -> Future | None:
+            it = by_seq[seq]
             try:
-                futures.append(self._client.publish(mqtt5.PublishPacket(topic=it.topic, payload=it.payload,
-                                                                        qos=mqtt5.QoS.AT_LEAST_ONCE)))
+                return self._client.publish(mqtt5.PublishPacket(topic=it.topic, payload=it.payload, qos=mqtt5.QoS.AT_LEAST_ONCE))
             except Exception as e:  # client shutting down
                 log.debug("publish failed: %s", e)
-                futures.append(None)
-        wait([f for f in futures if f is not None], timeout=self.ack_timeout_s + 1)  # one deadline for the batch
-        ok = []
-        for f in futures:
-            if f is None or not f.done() or f.exception() is not None:
-                ok.append(False)  # not cancelled: awscrt completes its futures itself
-                continue
+                return None
+
+        def confirmed(f: Future) -> bool:
+            if f.exception() is not None:  # not cancelled: awscrt completes its futures itself
+                return False
             r = f.result()
             code = r.puback.reason_code if r is not None and r.puback is not None else None
-            ok.append(code is not None and code.value < 0x80)  # awscrt: None for a code it does not know
-        return ok
+            return code is not None and code.value < 0x80  # awscrt: None for a code it does not know
+
+        return self.inflight.deliver([it.seq for it in items], publish, confirmed)
 
     def close(self) -> None:
         self._client.stop()
