@@ -354,14 +354,16 @@ class Gallery:
         return h.hexdigest()
 
     def index_for(self, fingerprint: str, embed: Callable[[np.ndarray], np.ndarray],
-                  use_cache: bool = True, dim: int | None = None) -> GalleryIndex:
+                  use_cache: bool = True, dim: int | None = None, spec_key: str = "") -> GalleryIndex:
         """Identity templates for the model ``fingerprint``, from the cache when it is current.
 
         ``embed`` maps a crop batch ``[n,112,112,3]`` to unit embeddings; it is called once for
-        all crops of the gallery when the cache is missing or stale.
+        all crops of the gallery when the cache is missing or stale. ``spec_key`` names the
+        spec fields that change an embedding (``ModelSpec.embedding_key``): a corrected sidecar
+        (same model file, other preprocessing) re-embeds instead of reusing stale templates.
         """
         names = self.names()
-        key = self._content_key()
+        key = f"{self._content_key()}|{spec_key}"
         cache = self.root / "cache" / f"{fingerprint}.npz"
         if use_cache and cache.is_file():
             try:
@@ -400,7 +402,7 @@ class Gallery:
             log.warning("gallery cache %s not written (%s); continuing without it", cache, e.strerror or e)
 
     def update_index(self, index: GalleryIndex, changed: list[str], embed: Callable[[np.ndarray], np.ndarray],
-                     use_cache: bool = True) -> GalleryIndex:
+                     use_cache: bool = True, spec_key: str = "") -> GalleryIndex:
         """``index`` with only the ``changed`` identities re-embedded (added, extended or removed):
         an enroll costs its own crops, not the whole gallery."""
         rows = {n: index.templates[i] for i, n in enumerate(index.names)}
@@ -412,11 +414,11 @@ class Gallery:
         names = self.names()
         missing = [n for n in names if n not in rows]
         if missing:  # the index did not come from this gallery: the full path
-            return self.index_for(index.fingerprint, embed, use_cache)
+            return self.index_for(index.fingerprint, embed, use_cache, spec_key=spec_key)
         dim = next(iter(rows.values())).shape[0] if rows else 0
         templates = np.stack([rows[n] for n in names]) if names else np.zeros((0, dim), np.float32)
         if use_cache:
-            self._write_cache(self.root / "cache" / f"{index.fingerprint}.npz", self._content_key(), templates)
+            self._write_cache(self.root / "cache" / f"{index.fingerprint}.npz", f"{self._content_key()}|{spec_key}", templates)
         return GalleryIndex(index.fingerprint, names, templates, index.coarse_from, ignored=self.ignored())
 
 
