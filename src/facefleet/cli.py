@@ -30,6 +30,7 @@ EXTENSIONS: tuple[str, ...] = (
     "facefleet.component.cli",
     "facefleet.cloud.fleet_cli",
     "facefleet.snapshot",
+    "facefleet.cloud.stores", "facefleet.cloud.report",  # after fleet_cli: they extend 'events'
 )
 
 
