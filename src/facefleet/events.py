@@ -4,7 +4,7 @@ The JSON Schema (``facefleet events schema``, ``schemas/event.schema.json``) is 
 these classes, so producers and consumers share one definition.
 
 Versions: every event carries ``schema_version`` (absent means 1). Version 2 added fields only
-(``margin``, ``unknown_id``, ``unknown_count`` on match events, ``face_usability`` and
+(``margin``, ``unknown_id``, ``unknown_count``, ``gallery_version`` on match events, ``face_usability`` and
 ``temperature_c`` on status events), all optional, so the current schema accepts version 1
 events as they are. Version 1 forbids unknown properties, so a consumer built for it rejects
 version 2 events: it must read ``schema_version`` and validate against the schema of that
@@ -87,6 +87,8 @@ class MatchEvent(_Event):
     unknown_id: str | None = Field(None, max_length=64, description="for unknown: the stranger this face was clustered "
                                    "into on the device, stable across sightings")
     unknown_count: int | None = Field(None, ge=1, description="for unknown: how often that stranger has been seen")
+    gallery_version: str | None = Field(None, max_length=64, description="content hash of the gallery the decision was "
+                                        "made against (names and their crops): which gallery made a decision")
 
 
 class ModelChangedEvent(_Event):
@@ -137,15 +139,28 @@ class StatusEvent(_Event):
         None, description="per camera: frames with no usable face by reason (FacePipeline.face_stats.snapshot())")
 
 
+class UnknownSummary(BaseModel):
+    """One stranger cluster of the device (``StrangerBook.list()``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    unknown_id: str = Field(max_length=64)
+    count: int = Field(ge=1)
+    first_seen: datetime
+    last_seen: datetime
+    cameras: list[str]
+    crops: int = Field(ge=0, description="kept crops (a promotion enrolls them)")
+
+
 class CommandResultEvent(_Event):
     """The answer to a command received on the component's command topic."""
 
     type: Literal["command_result"] = "command_result"
-    command: str = Field(description="enroll, remove or list")
+    command: str = Field(description="enroll, remove, list, erase, list_unknowns or promote_unknown")
     request_id: str | None = Field(None, description="the request_id the command carried")
     ok: bool
     message: str
     identities: list[str] | None = Field(None, description="for list: the enrolled identities")
+    unknowns: list[UnknownSummary] | None = Field(None, description="for list_unknowns: the strangers, most recently seen first")
 
 
 Event = Annotated[MatchEvent | ModelChangedEvent | ErrorEvent | StatusEvent | CommandResultEvent, Field(discriminator="type")]

@@ -107,6 +107,7 @@ class GalleryIndex:
     templates: np.ndarray
     coarse_from: int = COARSE_FROM
     ignored: frozenset[str] = frozenset()  # ignore anchors among names: a match to them raises no event
+    version: str | None = None  # content hash of the gallery it was made from (events carry it)
     _coarse: object = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -327,17 +328,18 @@ class Gallery:
         _atomic_write(Path(path), buf.getvalue())
         return len(self)
 
-    def merge_archive(self, path: Path, max_bytes: int = 512 << 20) -> int:
+    def merge_archive(self, path: Path, max_bytes: int = 512 << 20, skip: frozenset[str] | set[str] = frozenset()) -> int:
         """Add the identities of an archive (made by ``export_archive`` / ``gallery pack``).
         Everything is read and checked first; the gallery changes only if all of it is valid.
-        Returns the number of crops added."""
+        ``skip``: names never merged (erased from the fleet). Returns the number of crops added."""
         from facefleet.archives import read_gallery_archive
 
         ignored: set[str] = set()
         staged = read_gallery_archive(Path(path), max_bytes, ignored=ignored)  # bounded, every entry checked
         restore, new_files = self._transaction()
         try:
-            added = sum(self._add(name, crops, sources, new_files, name in ignored) for name, (crops, sources) in staged.items())
+            added = sum(self._add(name, crops, sources, new_files, name in ignored) for name, (crops, sources) in staged.items()
+                        if name not in skip)
             self._save()
         except BaseException as e:
             restore()
@@ -347,6 +349,11 @@ class Gallery:
         return added
 
     # ---- embeddings ----------------------------------------------------------------------
+    def version(self) -> str:
+        """The gallery version events carry: a content hash (names and their content-addressed
+        crops), so the same gallery has the same version on every device."""
+        return self._content_key()[:16]
+
     def _content_key(self) -> str:
         h = hashlib.sha256()
         for name in self.names():
@@ -370,13 +377,14 @@ class Gallery:
                 with np.load(cache, allow_pickle=False) as z:
                     t = z["templates"]
                     if str(z["key"]) == key and _templates_ok(t, len(names), dim):
-                        return GalleryIndex(fingerprint, names, t.astype(np.float32), ignored=self.ignored())
+                        return GalleryIndex(fingerprint, names, t.astype(np.float32), ignored=self.ignored(),
+                                            version=self.version())
                     if str(z["key"]) == key:
                         log.warning("gallery cache %s does not fit the model (shape %s); recomputing", cache.name, t.shape)
             except (OSError, KeyError, ValueError, EOFError):
                 log.warning("gallery cache %s unreadable; recomputing", cache.name)
         if not names:
-            return GalleryIndex(fingerprint, [], np.zeros((0, 0), np.float32))
+            return GalleryIndex(fingerprint, [], np.zeros((0, 0), np.float32), version=self.version())
         all_crops, owner = [], []
         for i, name in enumerate(names):
             c = self.load_crops(name)
@@ -390,7 +398,7 @@ class Gallery:
         if use_cache:
             self._write_cache(cache, key, templates)
         log.info("gallery %s: embedded %d crops of %d identities for model %s", self.root, len(owner), len(names), fingerprint)
-        return GalleryIndex(fingerprint, names, templates, ignored=self.ignored())
+        return GalleryIndex(fingerprint, names, templates, ignored=self.ignored(), version=self.version())
 
 
     def _write_cache(self, cache: Path, key: str, templates: np.ndarray) -> None:
@@ -419,7 +427,8 @@ class Gallery:
         templates = np.stack([rows[n] for n in names]) if names else np.zeros((0, dim), np.float32)
         if use_cache:
             self._write_cache(self.root / "cache" / f"{index.fingerprint}.npz", f"{self._content_key()}|{spec_key}", templates)
-        return GalleryIndex(index.fingerprint, names, templates, index.coarse_from, ignored=self.ignored())
+        return GalleryIndex(index.fingerprint, names, templates, index.coarse_from, ignored=self.ignored(),
+                            version=self.version())
 
 
 def _templates_ok(t: np.ndarray, n: int, dim: int | None) -> bool:

@@ -264,4 +264,5 @@ class FacePipeline:
             margin=None if m.margin is None else float(np.clip(m.margin, -2, 2)),
             unknown_id=stranger.unknown_id if stranger is not None else None,
             unknown_count=stranger.count if stranger is not None else None,
+            gallery_version=self.index.version,
         )
