@@ -459,8 +459,14 @@ class Nucleus:
 
     def events(self, kind: str | None = None) -> list[dict]:
         with self._lock:
-            out = [json.loads(p) for _, _, p in self.cloud]
+            out = [json.loads(p) for t, _, p in self.cloud if not t.startswith("$aws/")]  # jobs API: jobs_messages()
         return [e for e in out if kind is None or e["type"] == kind]
+
+    def jobs_messages(self, thing: str = "thing-1") -> list[tuple[str, dict]]:
+        """(topic tail, payload) of what the component sent to the AWS IoT Jobs MQTT API."""
+        prefix = f"$aws/things/{thing}/jobs/"
+        with self._lock:
+            return [(t[len(prefix):], json.loads(p)) for t, _, p in self.cloud if t.startswith(prefix)]
 
     # ---- request handling ---------------------------------------------------------------------------
     def _activate(self, stream: _Stream, msg: es.Message) -> None:

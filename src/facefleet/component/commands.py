@@ -1,4 +1,4 @@
-"""Commands on the component's command topic: enroll, remove, list. Parsed with pydantic so a
+"""Commands on the component's command topic: enroll, remove, list, erase, list_unknowns, promote_unknown. Parsed with pydantic so a
 malformed payload becomes one error event, never an exception in the IPC callback."""
 
 from __future__ import annotations
@@ -34,7 +34,29 @@ class ListIds(_Cmd):
     command: Literal["list"]
 
 
-Command = Annotated[Enroll | Remove | ListIds, Field(discriminator="command")]
+class Erase(_Cmd):
+    """Fleet erase (also the document of the ``gallery erase`` IoT job): remove the identity and
+    never merge it again from a shipped archive. Erasing an absent name succeeds."""
+
+    command: Literal["erase"]
+    name: str = Field(min_length=1, max_length=128)
+
+
+class ListUnknowns(_Cmd):
+    command: Literal["list_unknowns"]
+
+
+class PromoteUnknown(_Cmd):
+    """A stranger cluster becomes a named identity (its kept crops), or an ignore anchor."""
+
+    command: Literal["promote_unknown"]
+    unknown_id: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(None, min_length=1, max_length=128)
+    ignore: bool = False
+
+
+COMMANDS = ("enroll", "remove", "list", "erase", "list_unknowns", "promote_unknown")
+Command = Annotated[Enroll | Remove | ListIds | Erase | ListUnknowns | PromoteUnknown, Field(discriminator="command")]
 _ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 
 
@@ -78,7 +100,7 @@ def request_id_of(payload: bytes | str | dict, max_payload: int) -> str | None:
 def command_of(payload: bytes | str | dict, max_payload: int) -> str:
     data = _as_dict(payload, max_payload)
     cmd = data.get("command") if data else None
-    return cmd if isinstance(cmd, str) and cmd in ("enroll", "remove", "list") else "unknown"
+    return cmd if isinstance(cmd, str) and cmd in COMMANDS else "unknown"
 
 
 def decode_image(cmd: Enroll, max_bytes: int, max_pixels: int | None = None):

@@ -19,6 +19,8 @@ from facefleet.archives import read_gallery_archive
 from facefleet.component.cameras import CameraWorker
 from facefleet.component.commands import Enroll, ListIds, Remove, command_of, decode_image, parse_command, request_id_of
 from facefleet.component.devices import DeviceCheck
+from facefleet.component.erasure import ErasedNames
+from facefleet.component.fleetcmds import FLEET_COMMANDS, run_fleet_command
 from facefleet.component.models import ModelPaths, load_pair, model_paths
 from facefleet.component.subscriptions import Subscriptions, describe
 from facefleet.component.swap import hot_swap, one_line
@@ -87,6 +89,7 @@ class Component:
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
             self.models = load_pair(self.cfg, self.paths, self.backends)
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
+            self.erased = ErasedNames(self._work_path("erased_names.json"))  # fleet erase: never merged again
             try:  # each archive merges all or nothing; a bad one must not keep the cameras down
                 self._merge_archives(self.cfg.gallery_archives)
             except FacefleetError as e:
@@ -205,6 +208,29 @@ class Component:
         subs.open("component", "SubscribeToComponentUpdates", self.ipc.subscribe_to_component_updates,
                   self._guard(self.on_component_update))
         self._subscribe_commands(self.cfg)
+        self._subscribe_jobs()
+
+    # ---- fleet jobs (gallery erase): component/jobs.py -------------------------------------------
+    def _subscribe_jobs(self) -> None:
+        """IoT jobs reach devices that were offline when they were made; without them the command
+        topic still works, so a refusal is an error event, not a failed start."""
+        from facefleet.component.jobs import DeviceJobs
+
+        try:
+            self.jobs = DeviceJobs(self.ipc, self.thing, self.run_job).start(self.subscriptions, self._guard)
+        except Exception as e:
+            self.error("jobs", f"IoT jobs not followed (gallery erase reaches this device only on the command topic): "
+                       f"{one_line(e)}")
+
+    def run_job(self, document: dict) -> str:
+        """A job document is a command (only the fleet commands); its result is also an event."""
+        cmd = parse_command(document, IOT_CORE_MAX_PAYLOAD)
+        if not isinstance(cmd, FLEET_COMMANDS):
+            raise FacefleetError(f"command {cmd.command!r} cannot come as an IoT job")
+        message, extra = run_fleet_command(self, cmd)
+        self.publish(CommandResultEvent(device=self.cfg.device, command=cmd.command, request_id=cmd.request_id, ok=True,
+                                        message=message, **extra))
+        return message
 
     def _commands_topic(self, cfg: ComponentConfig) -> str:
         return cfg.topics.commands.replace("{thing}", self.thing)
@@ -327,7 +353,7 @@ class Component:
                 self.error("gallery", f"gallery archive {a} not found at {path}: skipped (its crops were merged when it "
                            "was shipped; the gallery keeps them)")
                 continue
-            added = self.gallery.merge_archive(path)
+            added = self.gallery.merge_archive(path, skip=self.erased.names())
             added_total += added
             log.info("gallery archive %s: %d new crop(s)", a, added)
         return added_total
@@ -396,14 +422,18 @@ class Component:
                                                 ok=False, message=one_line(e)))
             return
         try:
-            message, ids = self.run_command(cmd)
+            if isinstance(cmd, FLEET_COMMANDS):  # erase, list_unknowns, promote_unknown: component/fleetcmds.py
+                message, extra = run_fleet_command(self, cmd)
+            else:
+                message, ids = self.run_command(cmd)
+                extra = {"identities": ids}
         except Exception as e:
             self.error("command", f"{cmd.command}: {one_line(e)}")
             self.publish(CommandResultEvent(device=self.cfg.device, command=cmd.command, request_id=cmd.request_id, ok=False,
                                             message=one_line(e)))
             return
         self.publish(CommandResultEvent(device=self.cfg.device, command=cmd.command, request_id=cmd.request_id, ok=True,
-                                        message=message, identities=ids))
+                                        message=message, **extra))
 
     def run_command(self, cmd) -> tuple[str, list[str] | None]:
         from facefleet.recognition.gallery import validate_name
@@ -451,7 +481,10 @@ class Component:
             last[cid] = (w.frames, now)
             for k, v in w.pipeline.clock.mean_ms().items():
                 stage_ms[f"{cid}.{k}"] = round(v, 3)
+        from facefleet.component.health import face_usability, temperature_c
+
         return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms,
+                           face_usability=face_usability(self.cameras), temperature_c=temperature_c(self.backends),
                            models=Models(detector=self.models.detector.spec.fingerprint, recognizer=self.models.recognizer.fingerprint),
                            gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
                            dead_letter=self.spool.dead_letters,

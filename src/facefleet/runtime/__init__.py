@@ -35,6 +35,10 @@ class BackendPool:
             self._backends[name] = create_backend(name, **self._options.get(name, {}))
         return self._backends[name]
 
+    def health(self) -> dict[str, dict]:
+        """``Backend.health()`` of each backend opened so far (never opens one)."""
+        return {name: b.health() for name, b in list(self._backends.items())}
+
     def close(self) -> None:
         for b in self._backends.values():
             b.close()
