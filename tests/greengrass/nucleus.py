@@ -442,8 +442,9 @@ class Nucleus:
             self._send_error(s, error or model.ServiceError(message="stream failed"))
         return len(streams)
 
-    def subscribed_topics(self) -> list[str]:
-        return [s.topic for s in self._streams("iot")]
+    def subscribed_topics(self, reserved: bool = False) -> list[str]:
+        """IoT Core subscriptions; those on AWS reserved topics (``$aws/...``, the jobs API) only with ``reserved``."""
+        return [s.topic for s in self._streams("iot") if reserved or not s.topic.startswith("$aws/")]
 
     def set_online(self, online: bool) -> None:
         with self._lock:
