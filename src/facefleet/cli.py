@@ -31,6 +31,7 @@ EXTENSIONS: tuple[str, ...] = (
     "facefleet.cloud.fleet_cli",
     "facefleet.snapshot",
     "facefleet.cloud.stores", "facefleet.cloud.report",  # after fleet_cli: they extend 'events'
+    "facefleet.cloud.erase",  # extends 'gallery'
 )
 
 
