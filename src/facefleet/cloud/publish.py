@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,10 +215,19 @@ def wait_deployable(gg, arn: str, sleep: Callable[[float], None] = time.sleep, i
     raise FacefleetError(f"component {arn} not DEPLOYABLE after {max_polls} checks (state {state or 'unknown'})")
 
 
-def publish(*, gg, s3, sts, region: str, component: str, version_spec: str, bucket_prefix: str, build_dir: Path,
-            gallery_archives: list[Path] = (), progress=None, wait: bool = True,
-            sleep: Callable[[float], None] = time.sleep, carry_galleries: bool = True) -> PublishResult:
-    """Upload the build's artifacts, create the component version, wait until it is deployable."""
+def publish(**kw) -> PublishResult:
+    """Upload the build's artifacts, create the component version, wait until it is deployable.
+    Every gallery archive it ships (new or carried) is rewritten without the names erased from
+    the fleet (``facefleet gallery erase``: ``galleries/erased.json`` in the bucket)."""
+    with tempfile.TemporaryDirectory(prefix="facefleet-publish-") as work:
+        return _publish(work=Path(work), **kw)
+
+
+def _publish(*, gg, s3, sts, region: str, component: str, version_spec: str, bucket_prefix: str, build_dir: Path,
+             gallery_archives: list[Path] = (), progress=None, wait: bool = True,
+             sleep: Callable[[float], None] = time.sleep, carry_galleries: bool = True, work: Path) -> PublishResult:
+    from facefleet.cloud.erase import read_erased, scrub_archive, scrub_carried
+
     account = sts.get_caller_identity()["Account"]
     bucket = f"{bucket_prefix}-{region}-{account}"
     component_arn = f"arn:aws:greengrass:{region}:{account}:components:{component}"
@@ -225,16 +235,23 @@ def publish(*, gg, s3, sts, region: str, component: str, version_spec: str, buck
     for extra in gallery_archives:
         if not extra.is_file():
             raise FacefleetError(f"gallery archive not found: {extra}")
-    files = files + list(gallery_archives)
     check_fidelity(files)  # before anything is uploaded
     versions = existing_versions(gg, component_arn)
     version = next_patch(gg, component_arn, versions) if version_spec == "NEXT_PATCH" else version_spec
     if not SEMVER.match(version):
         raise FacefleetError(f"version {version!r} is not MAJOR.MINOR.PATCH")
+    erased = read_erased(s3, bucket)
+    gallery_archives = [scrub_archive(a, erased, work / "new") for a in gallery_archives] if erased else list(gallery_archives)
     new_names = {extra.name for extra in gallery_archives}
     carried_names, carried = (carried_galleries(gg, component_arn, max(versions)) if carry_galleries and versions
                               else ([], {}))
     carried_names = [n for n in carried_names if n not in new_names]  # a new archive of the same name replaces it
+    if erased:  # a carried archive holding an erased name ships rewritten (a new content-addressed key)
+        rewritten = [(n, scrub_carried(s3, carried[n], erased, work)) for n in carried_names]
+        gallery_archives = [*gallery_archives, *(p for _, p in rewritten if p is not None)]
+        carried_names = [n for n, p in rewritten if p is None]
+        new_names = {extra.name for extra in gallery_archives}
+    files = files + list(gallery_archives)
     arts: dict[str, Artifact] = {}
     galleries = set(new_names)
     for f in files:
