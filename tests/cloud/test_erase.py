@@ -20,13 +20,20 @@ from botocore.stub import ANY, Stubber
 from facefleet.cli import main
 from facefleet.cloud.erase import ERASED_KEY, read_erased
 
-from .test_publish import COMPONENT, REGION, _capture, _expect_create, _gg, _run
-from .test_publish import build_dir  # noqa: F401  (the fixture: the real GDK build)
+from .test_publish import COMPONENT, REGION, _capture, _expect_create, _gg, _run, gdk_build, model_dir
 
 ACCOUNT = "123456789012"
 GROUP = "door-cams"
 GROUP_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{GROUP}"
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def built(tmp_path, assets):
+    """The real GDK build output (as test_publish's build_dir)."""
+    wheel = tmp_path / "facefleet.whl"
+    wheel.write_bytes(b"PK wheel stand-in" * 100)
+    return gdk_build(tmp_path / "greengrass-build", model_dir(tmp_path, assets), wheel)
 
 
 class _Session:
@@ -94,7 +101,7 @@ def test_erase_makes_a_continuous_job_records_the_name_and_reports_who_confirmed
     assert read_erased(mocked_aws.client("s3"), f"ff-components-{REGION}-{ACCOUNT}") == {"obama"}
 
 
-def test_publish_ships_no_archive_with_an_erased_name(mocked_aws, build_dir, tmp_path, assets, load_detector):
+def test_publish_ships_no_archive_with_an_erased_name(mocked_aws, built, tmp_path, assets, load_detector):
     """A version carried 'people.tar.gz' (obama, miranda); obama was erased since: the next
     version ships the archive rewritten (a new content-addressed object) with miranda only, and
     a new archive holding obama is shipped without him too."""
@@ -126,7 +133,7 @@ def test_publish_ships_no_archive_with_an_erased_name(mocked_aws, build_dir, tmp
     _capture(gg, captured)
     _expect_create(stub, "1.0.1", captured)
     with stub:
-        _run(mocked_aws, gg, build_dir, version_spec="NEXT_PATCH", gallery_archives=[lobby])
+        _run(mocked_aws, gg, built, version_spec="NEXT_PATCH", gallery_archives=[lobby])
     recipe = captured[0]
     assert sorted(recipe["ComponentConfiguration"]["DefaultConfiguration"]["gallery_archives"]) == ["lobby.tar.gz",
                                                                                                    "people.tar.gz"]
