@@ -205,8 +205,10 @@ def test_streams_the_nucleus_closes_are_resubscribed(greengrass, assets):
     cfg = base_config(assets)
     comp, nucleus = greengrass(cfg)
     try:
-        assert nucleus.close_streams("iot") == 1 and nucleus.close_streams("config") == 1
-        assert wait_until(lambda: comp.subscriptions.reopened >= 2, 20)
+        # iot: the command topic and the two IoT jobs topics (component/jobs.py)
+        assert nucleus.close_streams("iot") == 3 and nucleus.close_streams("config") == 1
+        assert wait_until(lambda: comp.subscriptions.reopened >= 4, 20)
+        assert wait_until(lambda: len(nucleus.subscribed_topics(reserved=True)) == 3, 20)
         assert nucleus.subscribed_topics() == ["facefleet/thing-1/commands"]
         assert nucleus.push_iot_message("facefleet/thing-1/commands", json.dumps({"command": "list", "request_id": "a"})) == 1
         assert wait_until(lambda: nucleus.events("command_result"), 20)
@@ -215,7 +217,7 @@ def test_streams_the_nucleus_closes_are_resubscribed(greengrass, assets):
         assert any("re-subscribing" in e["message"] for e in nucleus.events("error"))
         # a stream error (on_stream_error, then the stream ends) is re-subscribed the same way
         before = comp.subscriptions.reopened
-        assert nucleus.fail_streams("iot") == 1
+        assert nucleus.fail_streams("iot") == 3
         assert wait_until(lambda: comp.subscriptions.reopened > before and nucleus.subscribed_topics(), 20)
         assert nucleus.push_iot_message("facefleet/thing-1/commands", json.dumps({"command": "list", "request_id": "b"})) == 1
         assert wait_until(lambda: len(nucleus.events("command_result")) == 2, 20)
