@@ -29,7 +29,7 @@ def _v2_events() -> list[dict]:
     unknown = MatchEvent(camera_id="door", track_id=3, decision="unknown", identity=None, similarity=0.12,
                          best_candidate=Candidate(identity="obama", similarity=0.12), threshold=0.32, frame_index=9,
                          first_frame=1, last_frame=9, bbox=(1, 2, 3, 4), quality=q, models=m, margin=0.05,
-                         unknown_id="u0123456789abcde", unknown_count=5)
+                         unknown_id="u0123456789abcde", unknown_count=5, gallery_version="3f2a9c0d1e4b5a67")
     stats = FaceStats()
     stats.frame(["too_small"])
     stats.frame([])

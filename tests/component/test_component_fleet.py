@@ -111,3 +111,21 @@ def test_unknowns_listed_and_promoted_and_status_carries_face_usability(tmp_path
         assert all(e["temperature_c"] is None for e in nucleus.events("status"))  # onnx on the CPU reports none
     finally:
         comp.stop()
+
+
+def test_an_unreadable_erase_list_never_lets_an_erased_name_back_nor_stops_the_component(tmp_path, greengrass, assets,
+                                                                                          load_detector):
+    artifacts = _artifacts(tmp_path, assets)
+    both = _archive(tmp_path, assets, load_detector, ["obama", "miranda"])
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "erased_names.json").write_text('{"erased": ["obama"')  # torn write / disk fault
+    comp, nucleus = greengrass(base_config(assets, gallery_archives=[both]), work=tmp_path / "work", artifacts=artifacts)
+    try:
+        assert nucleus.states == ["RUNNING"]
+        assert len(comp.gallery) == 0  # not merged: it might carry an erased person
+        assert wait_until(lambda: any("erased-names list" in e["message"] for e in nucleus.events("error")), 10)
+        nucleus.push_iot_message(CMD, json.dumps({"command": "erase", "name": "obama", "request_id": "e1"}))
+        r = _result(nucleus, "e1")
+        assert not r["ok"] and "fixed or removed" in r["message"]
+    finally:
+        comp.stop()

@@ -19,23 +19,34 @@ MAX_NAMES = 100_000
 
 
 class ErasedNames:
-    """A persistent set of identity names; ``add`` is durable before it returns."""
+    """A persistent set of identity names; ``add`` is durable before it returns.
+
+    An unreadable file never stops the cameras, and never lets an erased person back: ``names``
+    and ``add`` raise (one line, with the fix), so archive merges are skipped with an error event
+    and erase commands fail until the file is fixed or removed."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._names: set[str] = set()
+        self.problem: str | None = None
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise FacefleetError(f"erased-names list {self.path} is unreadable ({e}): fix or remove it") from None
-            if not isinstance(data, dict) or not isinstance(data.get("erased"), list) \
-                    or not all(isinstance(n, str) for n in data["erased"]):
-                raise FacefleetError(f"erased-names list {self.path} is not {{\"erased\": [names]}}: fix or remove it")
-            self._names = set(data["erased"][:MAX_NAMES])
+                if not isinstance(data, dict) or not isinstance(data.get("erased"), list) \
+                        or not all(isinstance(n, str) for n in data["erased"]):
+                    raise ValueError('not {"erased": [names]}')
+                self._names = set(data["erased"][:MAX_NAMES])
+            except (OSError, ValueError, RecursionError) as e:
+                self.problem = (f"erased-names list {self.path} is unreadable ({str(e).splitlines()[0]}): archives are not "
+                                "merged and erase is refused until it is fixed or removed")
+
+    def _check(self) -> None:
+        if self.problem:
+            raise FacefleetError(self.problem)
 
     def names(self) -> frozenset[str]:
+        self._check()
         with self._lock:
             return frozenset(self._names)
 
@@ -44,6 +55,7 @@ class ErasedNames:
             return name in self._names
 
     def add(self, name: str) -> None:
+        self._check()
         with self._lock:
             if name in self._names:
                 return
@@ -54,6 +66,8 @@ class ErasedNames:
 
     def discard(self, name: str) -> None:
         """An operator enrolls the name again on purpose (promotion): archives may carry it again."""
+        if self.problem:
+            return
         with self._lock:
             if name in self._names:
                 self._write(self._names - {name})
