@@ -15,7 +15,10 @@ to work with jobs" workflow, jobs-workflow-device-online.html):
   and publish ``{"status": "SUCCEEDED"|"FAILED", "statusDetails": {"message": ...}}`` to
   ``$aws/things/{thing}/jobs/{jobId}/update``; then ask for the next one.
 
-Publishes are QoS 1: the nucleus spools them while it is offline. Each job runs once per process
+A device whose connection dropped and came back without a restart may have missed the
+notification (it is only queued for a persistent session), so it also asks every ``poll_s``
+(an hour: one small message per device, not a load). Publishes are QoS 1: the nucleus spools
+them while it is offline. Each job runs once per process
 (a notification and a start-next reply may both carry it); an erase is idempotent anyway.
 """
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DETAIL_CHARS = 1000  # statusDetails values are strings of at most 1024 characters (UpdateJobExecution)
 REMEMBERED_JOBS = 1000
+POLL_S = 3600.0
 
 
 def jobs_topic(thing: str, tail: str) -> str:
@@ -43,8 +47,10 @@ def jobs_topic(thing: str, tail: str) -> str:
 class DeviceJobs:
     """``run(document) -> message`` executes a job document (raises FacefleetError on failure)."""
 
-    def __init__(self, ipc, thing: str, run: Callable[[dict], str]):
+    def __init__(self, ipc, thing: str, run: Callable[[dict], str], stop: threading.Event | None = None,
+                 poll_s: float = POLL_S):
         self.ipc, self.thing, self.run = ipc, thing, run
+        self.stop, self.poll_s = stop or threading.Event(), poll_s
         self._lock = threading.Lock()
         self._done: OrderedDict[str, str] = OrderedDict()  # jobId -> final status
 
@@ -58,7 +64,15 @@ class DeviceJobs:
                                lambda t=topic, **h: self.ipc.subscribe_to_iot_core(topic_name=t, qos=QOS.AT_LEAST_ONCE, **h),
                                guard(handler))
         self.request_next()
+        threading.Thread(target=self._poll, name="jobs-poll", daemon=True).start()
         return self
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.poll_s):
+            try:
+                self.request_next()
+            except Exception as e:  # the nucleus refused (spool full, offline QoS 0 rules): next time
+                log.warning("jobs: start-next not sent: %s", e)
 
     def _publish(self, topic: str, body: dict) -> None:
         from awsiot.greengrasscoreipc.model import QOS

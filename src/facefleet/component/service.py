@@ -217,7 +217,7 @@ class Component:
         from facefleet.component.jobs import DeviceJobs
 
         try:
-            self.jobs = DeviceJobs(self.ipc, self.thing, self.run_job).start(self.subscriptions, self._guard)
+            self.jobs = DeviceJobs(self.ipc, self.thing, self.run_job, self._stop).start(self.subscriptions, self._guard)
         except Exception as e:
             self.error("jobs", f"IoT jobs not followed (gallery erase reaches this device only on the command topic): "
                        f"{one_line(e)}")
