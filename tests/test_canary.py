@@ -14,8 +14,7 @@ from facefleet.cloud.compiler.probes import tolerance_from_fidelity
 from facefleet.cloud.publish import add_probe_artifacts, is_model
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import resolve_model
-from facefleet.recognition.canary import (Canary, CanaryFailed, check_detector, check_recognizer, load_probes,
-                                          probes_path)
+from facefleet.recognition.canary import Canary, CanaryFailed, check_detector, check_recognizer, load_probes, probes_path
 from facefleet.recognition.loader import ModelPair
 from facefleet.recognition.models import Detector, Recognizer
 
@@ -99,10 +98,10 @@ def test_a_probe_set_of_another_model_or_no_probe_set_is_a_clear_error(models, b
         check_recognizer(mbf128, load_probes(probes_path(models / FP32)))
     bad = tmp_path / "x.probes.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(FacefleetError, match="probe set x.probes.npz unreadable"):
+    with pytest.raises(FacefleetError, match=r"probe set x\.probes\.npz unreadable"):
         load_probes(bad)
     np.savez(bad, kind=np.array("recognizer"))
-    with pytest.raises(FacefleetError, match="not a facefleet.probes/1 file"):
+    with pytest.raises(FacefleetError, match=r"not a facefleet\.probes/1 file"):
         load_probes(bad)
 
 

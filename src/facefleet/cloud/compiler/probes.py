@@ -109,7 +109,7 @@ def build_probes(model: Path, faces: Path, *, float_model: Path | None = None, o
     with open(part, "wb") as f:
         np.savez_compressed(f, **data)
     os.replace(part, out)
-    summary = {"probes": str(out), "kind": spec.kind, "count": int(len(data.get("crops", data.get("frames", [])))),
+    summary = {"probes": str(out), "kind": spec.kind, "count": len(data.get("crops", data.get("frames", []))),
                "reference": ref_spec.name,
                **({"min_cosine": float(data["min_cosine"])} if spec.kind == "recognizer" else {"min_iou": min_iou})}
     return out, summary
