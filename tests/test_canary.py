@@ -123,3 +123,19 @@ def test_publish_ships_the_probe_set_with_its_model(models):
     uris = [a["URI"] for a in recipe["Manifests"][0]["Artifacts"]]
     assert uris[-1] == "s3://BUCKET_NAME/w600k_mbf_int8dyn.probes.npz" and len(uris) == 3  # not fp32's: not shipped
     assert is_model(probes_path(models / INT8))  # content-addressed like its model
+
+
+def test_build_probes_cli_writes_beside_the_model_and_fails_in_one_line(tmp_path, assets, cli_env):
+    import subprocess
+    import sys
+
+    (tmp_path / INT8).symlink_to(assets / "models" / INT8)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "facefleet", "build", "probes", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, env=cli_env, timeout=300)
+    r = run(tmp_path / INT8, "--float", assets / "models" / FP32, "--count", 2, "--min-cosine", 0.95)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["probes"] == str(tmp_path / "w600k_mbf_int8dyn.probes.npz") and out["reference"] == "w600k_mbf_fp32"
+    assert float(load_probes(tmp_path / "w600k_mbf_int8dyn.probes.npz")["min_cosine"]) == 0.95
+    r = run(tmp_path / INT8, "--fidelity", tmp_path / "missing.json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "fidelity report" in r.stderr.strip().splitlines()[-1]
