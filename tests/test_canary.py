@@ -103,6 +103,10 @@ def test_a_probe_set_of_another_model_or_no_probe_set_is_a_clear_error(models, b
     np.savez(bad, kind=np.array("recognizer"))
     with pytest.raises(FacefleetError, match=r"not a facefleet\.probes/1 file"):
         load_probes(bad)
+    np.savez(bad, schema=np.array("facefleet.probes/1"), kind=np.array("recognizer"), crops=np.zeros((2, 112, 112), np.uint8),
+             reference=np.zeros((2, 512), np.float32), min_cosine=np.float64(0.9))
+    with pytest.raises(FacefleetError, match="arrays of the wrong shape or type for a recognizer"):
+        load_probes(bad)
 
 
 def test_tolerance_comes_from_the_fidelity_gate(tmp_path):

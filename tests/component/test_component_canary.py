@@ -6,20 +6,24 @@ normalization errors at start, goes BROKEN and is rolled back by the deployment 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from canary_models import DET, FP32, canary_models
 from facefleet.cloud.publish import add_probe_artifacts
 from facefleet.errors import FacefleetError
+from facefleet.events import parse_event
 from greengrass.deployment import Nucleus as Deployments
 from greengrass.deployment import ProcessError, Started
 from greengrass.nucleus import COMPONENT
 
 from .helpers import base_config, wait_until
 
+ROOT = Path(__file__).resolve().parents[2]
 FIGURE = re.compile(r"quality canary: recognizer \S+ \(\w+\): probe cosine to the float model min (-?[0-9.]+) < tolerance 0\.9000")
 
 
@@ -53,7 +57,10 @@ def test_swap_to_a_wrong_normalization_is_refused_and_the_old_model_keeps_servin
         assert not ipc.events("model_changed")
         comp.publish(comp.status({}))
         assert wait_until(lambda: _drained_events(comp, ipc, "status"), 30)
-        assert ipc.events("status")[-1]["canary"]["recognizer"]["passed"] is True
+        status = ipc.events("status")[-1]
+        assert status["canary"]["recognizer"]["passed"] is True
+        jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "event.schema.json").read_text())).validate(status)
+        assert parse_event(status).canary == status["canary"]
     finally:
         comp.stop()
 

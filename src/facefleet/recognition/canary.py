@@ -58,6 +58,15 @@ def load_probes(path: Path) -> dict[str, np.ndarray]:
     kind = str(data.get("kind", ""))
     if kind not in need or any(k not in data for k in need[kind]):
         raise FacefleetError(f"probe set {path.name}: kind {kind!r} or its arrays missing")
+    if kind == "recognizer":
+        c, r = data["crops"], data["reference"]
+        ok = c.ndim == 4 and c.dtype == np.uint8 and c.shape[-1] == 3 and r.ndim == 2 and len(r) == len(c) > 0
+    else:
+        f, b, i = data["frames"], data["boxes"], data["frame_of"]
+        ok = (f.ndim == 4 and f.dtype == np.uint8 and f.shape[-1] == 3 and len(f) > 0 and b.ndim == 2 and b.shape[1] == 4
+              and i.shape == (len(b),) and (i < len(f)).all())
+    if not ok:
+        raise FacefleetError(f"probe set {path.name}: arrays of the wrong shape or type for a {kind}")
     return data
 
 
