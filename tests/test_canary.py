@@ -143,3 +143,22 @@ def test_build_probes_cli_writes_beside_the_model_and_fails_in_one_line(tmp_path
     assert float(load_probes(tmp_path / "w600k_mbf_int8dyn.probes.npz")["min_cosine"]) == 0.95
     r = run(tmp_path / INT8, "--fidelity", tmp_path / "missing.json")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "fidelity report" in r.stderr.strip().splitlines()[-1]
+
+
+def test_models_canary_cli_prints_the_figures_and_exits_3_on_a_failure(models, assets, cli_env):
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "facefleet", "models", "canary", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, env=cli_env, timeout=300)
+    r = run(models / INT8, models / DET)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["role"], x["passed"]) for x in rows] == [("recognizer", True), ("detector", True)]
+    r = run(models / "wrong" / FP32)
+    assert r.returncode == 3
+    row = json.loads(r.stdout)
+    assert row["cos_min"] < row["min_cosine"] and "probe cosine to the float model min" in row["failed"]
+    r = run(assets / "models" / "mobilefacenet_128.onnx")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"facefleet: error: no probe set {assets / 'models' / 'mobilefacenet_128.probes.npz'} (facefleet build probes makes one)")

@@ -73,7 +73,7 @@ def load_probes(path: Path) -> dict[str, np.ndarray]:
 def check_recognizer(rec, probes: dict[str, np.ndarray]) -> CanaryResult:
     """Cosine of the served embedding to the float one, per probe crop; the MIN must reach ``min_cosine``."""
     crops, ref = probes["crops"], probes["reference"].astype(np.float32)
-    tol = float(probes["min_cosine"])
+    tol = round(float(probes["min_cosine"]), 4)
     if ref.shape[1] != rec.rec.embedding_size or crops.shape[1] != rec.size:
         raise CanaryFailed(f"recognizer {rec.spec.name}: probe set is for {crops.shape[1]} px crops / {ref.shape[1]}-d "
                            f"embeddings, the model has {rec.size} px / {rec.rec.embedding_size}-d")
@@ -103,7 +103,7 @@ def check_detector(det, probes: dict[str, np.ndarray]) -> CanaryResult:
     import copy
 
     frames, boxes, frame_of = probes["frames"], probes["boxes"].astype(np.float32), probes["frame_of"]
-    tol = float(probes["min_iou"])
+    tol = round(float(probes["min_iou"]), 4)
     probe_det = copy.copy(det)  # the served model and backend; the build's thresholds, own scratch buffers
     probe_det._canvas, probe_det._tiles = None, None
     for attr in ("max_side", "score_threshold", "nms_iou"):
