@@ -78,6 +78,9 @@ def build(out: Path, model_dir: Path, wheel: Path | None = None) -> Path:
         fail(f"the wheel {wheel_name} was not built")
     for f in models:
         shutil.copy2(model_dir / f, arts / f)
+        probes = model_dir / (Path(f).stem + ".probes.npz")  # the model's quality-canary probe set, if built
+        if probes.is_file():
+            shutil.copy2(probes, arts / probes.name)
     recipe_out = recipes / root_recipe.resolve().name
     recipe_out.write_text(text)
     print(f"built {name} {version}: {recipe_out.relative_to(out.parent)}, {len(list(arts.iterdir()))} artifact(s) in "

@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("models", nargs="+", metavar="MODEL")
     ms.set_defaults(func=cmd_models)
     importlib.import_module("facefleet.modelcheck").register(msub)
+    importlib.import_module("facefleet.recognition.canary_cli").register(msub)  # quality canary (issue 15.1)
 
     for module in EXTENSIONS:
         importlib.import_module(module).register(sub)

@@ -137,6 +137,9 @@ class StatusEvent(_Event):
                                         "SoC), when the component reads one")
     face_usability: dict[str, FaceUsability] | None = Field(
         None, description="per camera: frames with no usable face by reason (FacePipeline.face_stats.snapshot())")
+    canary: dict[str, dict[str, float | int | bool | str | None]] | None = Field(
+        None, description="quality canary per role (detector, recognizer): the probe figures of the serving model "
+        "measured before it served (cos_min/cos_mean vs min_cosine; iou_min/iou_mean, faces vs min_iou)")
 
 
 class UnknownSummary(BaseModel):

@@ -30,6 +30,7 @@ from facefleet.modelspec import sha256_file
 log = logging.getLogger(__name__)
 
 MODEL_SUFFIXES = (".hef", ".onnx")
+PROBES_SUFFIX = ".probes.npz"  # facefleet.recognition.canary.SUFFIX
 SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 MULTIPART_BYTES = 8 << 20
 
@@ -96,10 +97,26 @@ def carried_galleries(gg, component_arn: str, version: tuple[int, int, int]) -> 
 
 
 def is_model(path: Path) -> bool:
-    """Model files and their ModelSpec sidecars (``x.hef`` + ``x.json``) are content-addressed."""
+    """Model files, their ModelSpec sidecars (``x.hef`` + ``x.json``) and quality-canary probe
+    sets (``x.probes.npz``, facefleet build probes) are content-addressed."""
     if path.suffix in MODEL_SUFFIXES:
         return True
+    if path.name.endswith(PROBES_SUFFIX):
+        return True
     return path.suffix == ".json" and any(path.with_suffix(s).exists() for s in MODEL_SUFFIXES)
+
+
+def add_probe_artifacts(recipe: dict, files: list[Path]) -> None:
+    """A model's quality-canary probe set travels with it: every manifest that ships ``x.onnx``
+    (or ``.hef``) also gets ``x.probes.npz`` when the build holds one (facefleet build probes)."""
+    have = {f.name for f in files}
+    for manifest in recipe.get("Manifests", []):
+        arts = manifest.setdefault("Artifacts", [])
+        named = {a.get("URI", "").rsplit("/", 1)[-1] for a in arts}
+        for name in sorted(named):
+            probes = Path(name).stem + PROBES_SUFFIX
+            if Path(name).suffix in MODEL_SUFFIXES and probes in have and probes not in named:
+                arts.append({"URI": f"s3://BUCKET_NAME/{probes}"})
 
 
 def check_fidelity(files: list[Path]) -> None:
@@ -266,6 +283,7 @@ def _publish(*, gg, s3, sts, region: str, component: str, version_spec: str, buc
     for extra in gallery_archives:  # fleet enrollment: shipped to every platform, named by the configuration
         for manifest in recipe.get("Manifests", []):
             manifest.setdefault("Artifacts", []).append({"URI": f"s3://BUCKET_NAME/{extra.name}"})
+    add_probe_artifacts(recipe, files)
     rendered = render_recipe(recipe, version, arts, bucket)
     for manifest in rendered.get("Manifests", []):
         manifest.setdefault("Artifacts", []).extend(dict(carried[n]) for n in carried_names)

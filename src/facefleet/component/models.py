@@ -68,10 +68,18 @@ def check_files(cfg: ComponentConfig, paths: ModelPaths) -> None:
                 raise FacefleetError(f"{role} model {p.name}: sha256 {got[:12]}... does not match models.{role}_sha256 {want[:12]}...")
 
 
-def load_pair(cfg: ComponentConfig, paths: ModelPaths, backends: BackendPool):
+def load_pair(cfg: ComponentConfig, paths: ModelPaths, backends: BackendPool, canary=None):
     """Load and self-test both models (the Detector/Recognizer constructors run the self-test)
-    on the owner's backend (one VDevice per process on a Hailo)."""
+    on the owner's backend (one VDevice per process on a Hailo), then probe their quality."""
+    from facefleet.recognition.canary import Canary
     from facefleet.recognition.loader import load_models
 
     check_files(cfg, paths)
-    return load_models(backends.get(paths.backend), cfg, paths.detector, paths.recognizer)
+    pair = load_models(backends.get(paths.backend), cfg, paths.detector, paths.recognizer)
+    # -- quality canary (issue 15.1): out of tolerance raises, the pair is closed, nothing serves it --
+    try:
+        pair.canary = (canary or Canary()).check(pair, paths.detector, paths.recognizer)
+    except Exception:
+        pair.close()
+        raise
+    return pair

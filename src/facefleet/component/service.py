@@ -103,6 +103,8 @@ class Component:
             # ERRORED to the nucleus, everything started so far stopped; no traceback.
             message = one_line(e)
             log.error("cannot serve: %s", message)
+            if getattr(self, "publisher", None) is not None:  # the cause as an error event too (spooled; issue 15.1: the canary's figure)
+                self.error("start", f"cannot serve: {message}")
             self._report_state("ERRORED")
             self.stop(drain=False)
             raise FacefleetError(message) from None
@@ -488,7 +490,8 @@ class Component:
                            models=Models(detector=self.models.detector.spec.fingerprint, recognizer=self.models.recognizer.fingerprint),
                            gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
                            dead_letter=self.spool.dead_letters,
-                           spool_error=self.spool.disk_error, held_in_memory=self.spool.held_in_memory)
+                           spool_error=self.spool.disk_error, held_in_memory=self.spool.held_in_memory,
+                           canary=getattr(self.models, "canary", None) or None)  # quality canary (issue 15.1)
 
     def _status_loop(self) -> None:
         last: dict[str, tuple[int, float]] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from facefleet.vision.align import align_faces
 class ModelPair:
     detector: Detector
     recognizer: Recognizer
+    canary: dict = field(default_factory=dict)  # probe figures per role (facefleet.recognition.canary)
 
     def close(self) -> None:
         self.detector.model.close()

@@ -1,4 +1,4 @@
-"""``facefleet build hef|fidelity|alls|calib``: argparse wiring for the operator build tools.
+"""``facefleet build hef|fidelity|probes|alls|calib``: argparse wiring for the operator build tools.
 
 Heavy imports (onnxruntime quantization, matplotlib, rich, the DFC) happen inside the handlers.
 """
@@ -96,6 +96,17 @@ def cmd_fidelity(args) -> int:
     return 0
 
 
+def cmd_probes(args) -> int:
+    from facefleet.cloud.compiler.probes import build_probes
+
+    faces = Path(args.faces) if args.faces else _roots(args).resolve("${assets}/faces/people", Path.cwd())
+    _, summary = build_probes(Path(args.model), faces, float_model=Path(args.float) if args.float else None,
+                              out=Path(args.out) if args.out else None, count=args.count, min_cosine=args.min_cosine,
+                              min_iou=args.min_iou, fidelity=Path(args.fidelity) if args.fidelity else None)
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_noise(args) -> int:
     from facefleet.assets import default_model
     from facefleet.cloud.compiler.noise import run_noise
@@ -166,6 +177,18 @@ def register(subparsers) -> None:
     f.add_argument("--model-json", help="write the recommended pre_norm_gate/threshold into this recognizer ModelSpec JSON")
     roots(f)
     f.set_defaults(func=cmd_fidelity)
+
+    pr = sub.add_parser("probes", help="the quality canary's probe set of a model: <model>.probes.npz beside it")
+    pr.add_argument("model", help="the model to ship (recognizer or detector ONNX, with its ModelSpec)")
+    pr.add_argument("--float", help="the float model whose outputs are the reference (default: MODEL itself)")
+    pr.add_argument("--faces", help="folder of <identity>/<photo> (default: ${assets}/faces/people)")
+    pr.add_argument("--out", help="probe file (default: <model>.probes.npz beside the model)")
+    pr.add_argument("--count", type=int, default=8, help="probe crops (recognizer) or frames (detector)")
+    pr.add_argument("--fidelity", help="fidelity.json: min_cosine = lowest p5 float-vs-quantized cosine at gated sizes - margin")
+    pr.add_argument("--min-cosine", type=float, default=0.9, help="recognizer tolerance without --fidelity")
+    pr.add_argument("--min-iou", type=float, default=0.5, help="detector tolerance: IoU of each float box")
+    roots(pr)
+    pr.set_defaults(func=cmd_probes)
 
     n = sub.add_parser("noise", help="rank layers by quantization SNR, propose 16-bit overrides, show their effect")
     n.add_argument("model", help="float recognizer ONNX (with its ModelSpec)")
