@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from facefleet.capture.stats import CameraStatus
+
 SCHEMA_ID = "https://facefleet.dev/schemas/event.schema.json"
 
 
@@ -90,6 +92,8 @@ class ErrorEvent(_Event):
 class StatusEvent(_Event):
     type: Literal["status"] = "status"
     fps: dict[str, float] = Field(description="frames per second per camera")
+    cameras: dict[str, CameraStatus] = Field(default_factory=dict, description="per camera: decode fps, processed fps, "
+                                             "dropped frames, capture-to-event latency p50/p99")
     stage_ms: dict[str, float] = Field(description="mean ms per frame per pipeline stage")
     models: Models
     gallery_identities: int = Field(ge=0)
