@@ -43,40 +43,40 @@ def test_run_watches_its_config_and_hot_swaps(tmp_path, assets, cli_env, load_de
     assert any(e["type"] == "match" and e["models"]["recognizer"] == new_fp and e["identity"] == "miranda" for e in after)
 
 
-def test_bad_edits_are_reported_and_change_nothing(tmp_path, assets, load_detector, load_recognizer, clip_frames):
-    from facefleet.component.local import LocalSwapper
-    from facefleet.component.swap import FileWatcher
-    from facefleet.config import ComponentConfig
-    from facefleet.recognition.loader import gallery_index
-    from facefleet.recognition.pipeline import FacePipeline
-    from facefleet.sources import Frame
+def test_bad_edits_are_reported_and_change_nothing(tmp_path, assets):
+    """Local mode is the component with the local control plane: a bad edit of the watched file
+    is an error event and the serving models and configuration stay as they were."""
+    from facefleet.component.planes.local import LocalPlane
+    from facefleet.component.service import Component
 
-    gallery = Gallery.open(tmp_path / "g", create=True)
+    Gallery.open(tmp_path / "g", create=True)
     models = assets / "models"
-    base = {"models": {"detector": str(models / "det_500m.onnx"), "recognizer": str(models / "w600k_mbf_fp32.onnx")}}
+    base = {"device": "pi-1", "models": {"detector": str(models / "det_500m.onnx"), "recognizer": str(models / "w600k_mbf_fp32.onnx")}}
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump(base))
-    cfg = ComponentConfig.model_validate(base)
-    det, rec = load_detector(), load_recognizer()
-    pipeline = FacePipeline(det, rec, gallery_index(gallery, rec), cfg)
-    published, errors = [], []
-    from facefleet.runtime import BackendPool
-
-    swapper = LocalSwapper(pipeline, gallery, cfg, published.append, BackendPool())
-    watcher = FileWatcher(cfg_file, swapper.apply, errors.append)
+    events = tmp_path / "events.jsonl"
+    plane = LocalPlane(cfg_file, str(events), gallery=str(tmp_path / "g"), watch_interval_s=3600)
+    comp = Component(plane, tmp_path, thing=plane.thing).start()
     edits = [("recognition: {match_threshold: 3}", "recognition.match_threshold"),
              ("models: [", "invalid YAML"),
-             (yaml.safe_dump({"models": {**base["models"], "recognizer": str(tmp_path / "nope.onnx")}}), "nope.onnx"),
-             (yaml.safe_dump({"models": {**base["models"], "recognizer": str(models / "det_500m.onnx")}}), "expected a recognizer")]
-    for i, (text, expected) in enumerate(edits):
-        cfg_file.write_text(text + " " * i)  # a new size: the change is seen whatever the mtime resolution
-        assert watcher.check()
-        assert expected in errors[-1], errors
-        assert pipeline.recognizer is rec and pipeline.detector is det
-        pipeline.process(Frame(i, clip_frames[i], None))  # still serving
-    assert len(errors) == len(edits) and published == []
-    assert not watcher.check()  # unchanged file: nothing to do
-    assert pipeline.threshold == rec.rec.match_threshold  # the rejected threshold of 3 never applied
+             (yaml.safe_dump({**base, "models": {**base["models"], "recognizer": str(tmp_path / "nope.onnx")}}), "nope.onnx"),
+             (yaml.safe_dump({**base, "models": {**base["models"], "recognizer": str(models / "det_500m.onnx")}}),
+              "expected a recognizer")]
+    try:
+        det, rec = comp.models.detector, comp.models.recognizer
+        for i, (text, _) in enumerate(edits):
+            cfg_file.write_text(text + " " * i)  # a new size: the change is seen whatever the mtime resolution
+            assert plane._watcher.check()
+            assert comp.models.recognizer is rec and comp.models.detector is det  # still serving
+        assert not plane._watcher.check()  # unchanged file: nothing to do
+        assert comp.cfg.recognition.match_threshold is None  # the rejected threshold of 3 never applied
+    finally:
+        comp.stop()
+        plane.close_events()
+    errors = [e["message"] for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "error"]
+    assert len(errors) == len(edits), errors
+    for message, (_, expected) in zip(errors, edits, strict=True):
+        assert expected in message, errors
 
 
 def test_run_sends_events_to_mqtt_through_the_spool(tmp_path, assets, cli_env, broker, collector, load_detector):

@@ -145,11 +145,11 @@ def cmd_bench_spool(args) -> int:
 def cmd_bench_swap(args) -> int:
     from facefleet.assets import assets_dir
     from facefleet.component.models import ModelPaths, load_pair
+    from facefleet.component.serving import Serving, ServingSlot
     from facefleet.component.swap import hot_swap
     from facefleet.config import ComponentConfig
     from facefleet.recognition.gallery import Gallery
     from facefleet.recognition.loader import gallery_index, largest_face_crop
-    from facefleet.component.serving import Serving, ServingSlot
     from facefleet.runtime import BackendPool
     from facefleet.sources import read_image
 

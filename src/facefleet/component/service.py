@@ -136,16 +136,15 @@ class Component:
                  self.plane.name, self.models.detector.spec.fingerprint, self.models.recognizer.fingerprint, len(self.index))
         return self
 
-    def stop(self, drain: bool = True) -> None:
+    def stop(self, drain: bool = True, drain_s: float = 5.0) -> None:
         self._stop.set()
         self.plane.close()
         for w in list(self.cameras.values()):
             w.stop()
         if hasattr(self, "forwarder"):
-            if drain:
-                if not self.forwarder.drain(5.0):
-                    log.warning("%d event(s) stay in the spool %s; they are sent on the next start", self.spool.depth,
-                                self.spool.path)
+            if drain and not self.forwarder.drain(drain_s):
+                log.warning("%d event(s) stay in the spool %s; they are sent on the next start", self.spool.depth,
+                            self.spool.path)
             self.forwarder.stop()
             self._sink.close()
             self.spool.close()
