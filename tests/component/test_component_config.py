@@ -164,3 +164,23 @@ def test_keys_left_by_another_version_do_not_stop_the_component(greengrass, asse
         comp.stop()
     with pytest.raises(Exception, match="status_interval_s"):
         parse_component_config({"status_interval_s": "often", "left_over": 1})
+
+
+def test_camera_capture_settings_and_the_deprecated_fps_cap():
+    """Cameras take the capture settings (decoder, hwaccel, decode threads, detect_fps); fps_cap
+    from configurations already on devices still validates, as detect_fps."""
+    import pytest
+
+    from facefleet.config import parse_component_config
+    from facefleet.errors import FacefleetError
+
+    cfg = parse_component_config({"cameras": [
+        {"id": "door", "source": "rtsp://cam/sub", "decoder": "pyav", "hwaccel": "drm", "decode_threads": 2, "detect_fps": 5},
+        {"id": "old", "source": "file:///v.mp4", "fps_cap": 12}]})
+    door, old = cfg.cameras
+    assert (door.decoder, door.hwaccel, door.decode_threads, door.detect_fps) == ("pyav", "drm", 2, 5.0)
+    assert old.detect_fps == 12.0 and old.target == "/v.mp4"
+    with pytest.raises(FacefleetError, match="set only detect_fps"):
+        parse_component_config({"cameras": [{"id": "c", "source": "rtsp://h/1", "fps_cap": 10, "detect_fps": 5}]})
+    with pytest.raises(FacefleetError, match="hwaccel needs decoder: pyav"):
+        parse_component_config({"cameras": [{"id": "c", "source": "rtsp://h/1", "hwaccel": "drm"}]})

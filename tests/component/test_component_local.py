@@ -110,3 +110,46 @@ def test_mqtt_settings_are_checked():
         parse_component_config({"mqtt": {"host": "a1b2-ats.iot.eu-west-1.amazonaws.com", "port": 8883, "cert": "c.pem"}})
     ok = parse_component_config({"mqtt": {"host": "a1b2-ats.iot.eu-west-1.amazonaws.com", "port": 8883, "cert": "c.pem", "key": "k.pem"}})
     assert ok.mqtt.port == 8883
+
+
+def test_local_mode_runs_every_camera_with_commands_and_status(tmp_path, assets, cli_env, broker, load_detector, long_video):
+    """`facefleet run --config` is the component: every camera of the file, commands from the
+    local MQTT command topic, status events with per-camera capture figures."""
+    from .helpers import make_gallery
+
+    make_gallery(tmp_path, assets, load_detector())
+    models = assets / "models"
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "device": "pi-9", "status_interval_s": 1, "gallery": "gallery", "spool": {"path": "events.sqlite"},
+        "models": {"detector": str(models / "det_500m.onnx"), "recognizer": str(models / "w600k_mbf_fp32.onnx")},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "cameras": [{"id": c, "source": str(long_video), "detect_fps": None} for c in ("a", "b")]}))
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "facefleet", "run", "--config", str(cfg_file), "--events", str(events)],
+                            env=cli_env, stderr=subprocess.PIPE, text=True)
+    from facefleet.transport.mqtt import MqttSink
+    from facefleet.transport.spool import SpoolItem
+
+    sender = MqttSink("127.0.0.1", broker.port)
+    try:
+        for line in proc.stderr:  # wait until it listens for commands
+            if "commands on facefleet/pi-9/commands" in line:
+                break
+        cmd = json.dumps({"command": "list", "request_id": "r-list"}).encode()
+        assert sender.send([SpoolItem(1, "facefleet/pi-9/commands", "command", cmd, time.time())]) == [True]
+        rest = proc.stderr.read()
+        assert proc.wait(300) == 0, rest
+    finally:
+        sender.close()
+        proc.kill()
+    out = [json.loads(line) for line in events.read_text().splitlines()]
+    results = [e for e in out if e["type"] == "command_result"]
+    assert [(r["request_id"], r["ok"], r["identities"]) for r in results] == [("r-list", True, ["miranda", "obama"])], rest
+    assert {e["camera_id"] for e in out if e["type"] == "match"} == {"a", "b"}
+    status = [e for e in out if e["type"] == "status"]
+    assert status and set(status[-1]["cameras"]) == {"a", "b"}
+    assert all(s["cameras"]["a"]["decoded"] >= s["cameras"]["a"]["processed"] for s in status)
+    from facefleet.transport.spool import Spool
+
+    assert Spool(tmp_path / "events.sqlite").depth == 0  # every event confirmed by the broker
