@@ -55,7 +55,7 @@ class Component:
         from facefleet.component.cameras import open_reader
         from facefleet.component.planes.greengrass import GreengrassPlane
 
-        self.plane = plane if hasattr(plane, "read_config") else GreengrassPlane(plane)
+        self.plane = plane if getattr(type(plane), "control_plane", False) else GreengrassPlane(plane)
         self.work = Path(work)
         self.artifacts = Path(artifacts) if artifacts else None
         self.environ = dict(os.environ if environ is None else environ)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class ControlPlane(Protocol):
     name: str
+    control_plane: bool  # True on the class: how Component tells a plane from a bare IPC client
 
     def read_config(self) -> dict:
         """The configuration as given (a mapping); the component validates it."""

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 class GreengrassPlane:
     name = "greengrass"
+    control_plane = True  # a Component takes it as its plane (anything else is an IPC client)
 
     def __init__(self, ipc):
         self.ipc = ipc  # GreengrassCoreIPCClientV2 (or a double with the same methods)

@@ -49,6 +49,7 @@ class JsonlSpoolSink:
 
 class LocalPlane:
     name = "local"
+    control_plane = True  # a Component takes it as its plane (anything else is an IPC client)
 
     def __init__(self, config: str | Path, events: str = "-", source: str | None = None, gallery: str | None = None,
                  detector: str | None = None, recognizer: str | None = None, watch_interval_s: float = 1.0):
