@@ -56,6 +56,9 @@ class LocalPlane:
         from facefleet.transport.jsonl import JsonlSink
 
         self.path = Path(config)
+        if source is not None and "://" not in source and not source.isdigit() and not source.startswith("/dev/video") \
+                and not Path(source).exists():
+            raise FacefleetError(f"source not found: {source}")  # a camera would retry a missing file forever
         self.source, self.gallery, self.detector, self.recognizer = source, gallery, detector, recognizer
         self.watch_interval_s = watch_interval_s
         self.jsonl = JsonlSink(events)
