@@ -66,6 +66,7 @@ class Component:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._stop = threading.Event()
+        self._stopped = False
         self.cameras: dict[str, CameraWorker] = {}
         self.slot: ServingSlot | None = None
         self.swaps = 0
@@ -137,6 +138,10 @@ class Component:
         return self
 
     def stop(self, drain: bool = True, drain_s: float = 5.0) -> None:
+        """Idempotent: a start that failed has stopped already."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         self.plane.close()
         for w in list(self.cameras.values()):
