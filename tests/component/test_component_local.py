@@ -153,3 +153,12 @@ def test_local_mode_runs_every_camera_with_commands_and_status(tmp_path, assets,
     from facefleet.transport.spool import Spool
 
     assert Spool(tmp_path / "events.sqlite").depth == 0  # every event confirmed by the broker
+
+
+def test_local_mode_start_failures_are_one_line(tmp_path, cli_env):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"models": {"recognizer": str(tmp_path / "nope.onnx")}}))
+    for extra, needle in (([], "recognizer model file not found"), (["--source", str(tmp_path / "gone.mp4")], "source not found")):
+        r = subprocess.run([sys.executable, "-m", "facefleet", "run", "--config", str(cfg_file), *extra], env=cli_env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
