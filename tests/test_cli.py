@@ -147,7 +147,8 @@ def test_onnx_outputs_do_not_fit_spec(gallery, assets, cli_env, tmp_path):
     m = as_det / "notadet.onnx"
     shutil.copy(assets / "models" / "w600k_mbf_fp32.onnx", m)
     spec = det_spec.model_dump(mode="json")
-    spec.update(name="notadet", file=m.name, sha256=None, input={**spec["input"], "name": "input.1"})
+    spec.update(name="notadet", file=m.name, sha256=None,
+                input={**spec["input"], "name": "input.1", "width": None, "height": None})
     (as_det / "notadet.json").write_text(json.dumps(spec))
     r = ff("run", "--source", assets / "faces" / "couple.jpg", "--gallery", gallery, "--detector", m, env=cli_env)
     assert_clean_error(r, "named by its spec is missing")

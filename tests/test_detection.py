@@ -4,7 +4,6 @@ import pytest
 
 from facefleet.vision.letterbox import Letterbox, input_size, letterbox
 from facefleet.vision.nms import iou_matrix, nms
-from facefleet.vision.scrfd import ScrfdLayout, decode
 
 DETECTORS = ["det_500m", "scrfd_500m_kps", "scrfd_2.5g_kps", "scrfd_2.5g_rawheads"]
 
@@ -40,9 +39,9 @@ def test_raw_heads_nhwc_equals_nchw(assets, load_detector):
     canvas, _ = letterbox(img, 640, 640)
     out = det.model.run(canvas[None])
     nhwc = {k: np.ascontiguousarray(v[0].transpose(1, 2, 0)) for k, v in out.items()}
-    a = decode(out, det.layout, 640, 640, 0.5)
-    layout = ScrfdLayout(**{**det.layout.__dict__, "heads_order": "NHWC", "_centers": {}})
-    b = decode(nhwc, layout, 640, 640, 0.5)
+    a = det.decoder.decode(out, 640, 640, 0.5)
+    nhwc_spec = det.spec.detector.model_copy(update={"heads_order": "NHWC"})
+    b = nhwc_spec.decoder().decode(nhwc, 640, 640, 0.5)
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-6)
     np.testing.assert_allclose(a.kps, b.kps, rtol=1e-6)

@@ -1,5 +1,6 @@
 """Far faces: tiled detection plans, per-frame identity assignment, the distance benchmark."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -226,3 +227,48 @@ def test_distance_outputs(distance_runs, tmp_path):
     js, png = distance.write_outputs(distance_runs, tmp_path)
     assert json.loads(js.read_text())["tiles"]["frame"] == [1280, 720]
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- bench distance: group photos and faces too small to recognize (issue 14, item 5) -------------
+def test_group_photo_second_person_is_not_a_false_accept(assets, load_detector, load_recognizer, tmp_path):
+    """A photo of person A that also shows enrolled person B: B named correctly is not a
+    false accept of A; A's own face decides. Faces found below recognition.min_face_px are
+    reported as found-too-small, with the setting to change."""
+    from facefleet import distance
+    from facefleet.config import PipelineConfig
+    from facefleet.recognition.gallery import Gallery
+    from facefleet.recognition.pipeline import FacePipeline
+
+    people = assets / "faces" / "people"
+    a_photos = sorted((people / "id00").glob("*.jpg"))[:2]
+    b_photos = sorted((people / "id01").glob("*.jpg"))[:2]
+    root = tmp_path / "faces"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    for f in b_photos:
+        cv2.imwrite(str(root / "b" / f.name), cv2.imread(str(f)))
+    a_img = cv2.imread(str(a_photos[0]))
+    cv2.imwrite(str(root / "a" / "0_enrolled.jpg"), a_img)
+    a2 = cv2.imread(str(a_photos[1]))
+    b2 = cv2.imread(str(b_photos[1]))
+    h = a2.shape[0]
+    b2 = cv2.resize(b2, (max(1, round(b2.shape[1] * 0.6 * h / b2.shape[0])), round(0.6 * h)))
+    group = np.full((h, a2.shape[1] + b2.shape[1], 3), 114, np.uint8)
+    group[:, :a2.shape[1]] = a2
+    group[:b2.shape[0], a2.shape[1]:] = b2  # B smaller: A is the photo's (largest) face
+    cv2.imwrite(str(root / "a" / "1_group.jpg"), group)
+
+    det, rec = load_detector(), load_recognizer("w600k_mbf_fp32")
+    photos = distance.load_faces(root, det)
+    cfg = PipelineConfig(device="t")
+    cfg = cfg.model_copy(update={"detection": cfg.detection.model_copy(
+        update={"plan": DetectionPlan(grid=True, tile_size=640, overlap=96)})})
+    g = Gallery.open(tmp_path / "g", create=True)
+    p = FacePipeline(det, rec, g.index_for(rec.fingerprint, lambda c: rec.embed(c)[0]), cfg)
+    result = distance.run(p, photos, g, (112, 20), 1280, 720)
+    rows = {r["face_px"]: r for r in result["heights"]}
+    assert rows[112]["false_accepts"] == 0
+    assert rows[112]["other_faces_identified"] >= 1  # B, named in A's group photo
+    assert rows[112]["rank1"] == 1.0
+    assert rows[20]["too_small"] == round(rows[20]["detection_rate"] * len(photos)) > 0
+    assert any("recognition.min_face_px" in a for a in result["advice"])

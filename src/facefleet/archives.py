@@ -93,9 +93,10 @@ def read_members(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> dict[st
     return files
 
 
-def read_gallery_archive(path: Path, max_file_bytes: int | None = None,
-                         limits: ArchiveLimits | None = None) -> dict[str, tuple[list[np.ndarray], list[str]]]:
-    """Every identity of the archive as (crops, sources), all validated; raises on the first problem."""
+def read_gallery_archive(path: Path, max_file_bytes: int | None = None, limits: ArchiveLimits | None = None,
+                         ignored: set[str] | None = None) -> dict[str, tuple[list[np.ndarray], list[str]]]:
+    """Every identity of the archive as (crops, sources), all validated; raises on the first problem.
+    ``ignored`` receives the identities flagged as ignore anchors."""
     from facefleet.images import decode_image_bytes
     from facefleet.names import printable
     from facefleet.recognition.gallery import CROP_FILE, CROP_SIZE, validate_name
@@ -138,4 +139,6 @@ def read_gallery_archive(path: Path, max_file_bytes: int | None = None,
                 raise FacefleetError(f"gallery archive {name}: crop {c} of {ident!r} is missing or not a 112x112 image")
             crops.append(img)
         staged[ident] = (crops, [str(s) for s in sources])
+        if ignored is not None and entry.get("ignore") is True:
+            ignored.add(ident)
     return staged

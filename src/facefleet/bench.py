@@ -86,8 +86,10 @@ def format_result(r: dict) -> str:
             lines.append(f"{name} ({where}), {run['identities']} identities, threshold {run['threshold']:.2f}:")
             for h in run["heights"]:
                 pn = f"{h['pre_norm_mean']:.1f}" if h["pre_norm_mean"] is not None else "-"
+                small = f"  found, too small to recognize {h['too_small']}" if h.get("too_small") else ""
                 lines.append(f"  {h['face_px']:>5.0f}px  det {h['detection_rate']:.2f}  rank1 {h['rank1']:.2f}  "
-                             f"match {h['match_rate']:.2f}  FA {h['false_accepts']}  pre_norm {pn}  {h['fps']:.1f} fps")
+                             f"match {h['match_rate']:.2f}  FA {h['false_accepts']}  pre_norm {pn}  {h['fps']:.1f} fps{small}")
+            lines += [f"  advice: {a}" for a in run.get("advice", [])]
         lines.append(f"wrote {r['json']} and {r['png']}")
         return "\n".join(lines)
     if "identities" in r:

@@ -30,6 +30,7 @@ EXTENSIONS: tuple[str, ...] = (
     "facefleet.component.cli",
     "facefleet.cloud.fleet_cli",
     "facefleet.snapshot",
+    "facefleet.cloud.stores", "facefleet.cloud.report",  # after fleet_cli: they extend 'events'
 )
 
 
@@ -421,9 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
     cc.set_defaults(func=cmd_config_check)
 
-    m = sub.add_parser("models", help="show the ModelSpec found for model files")
-    m.add_argument("models", nargs="+", metavar="MODEL")
-    m.set_defaults(func=cmd_models)
+    m = sub.add_parser("models", help="model specs: 'show' which spec a file resolves to, 'check' it on your photos")
+    msub = m.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    ms = msub.add_parser("show", help="show the ModelSpec found for model files")
+    ms.add_argument("models", nargs="+", metavar="MODEL")
+    ms.set_defaults(func=cmd_models)
+    importlib.import_module("facefleet.modelcheck").register(msub)
 
     for module in EXTENSIONS:
         importlib.import_module(module).register(sub)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from facefleet.capture.config import CameraSource
 from facefleet.errors import FacefleetError
+from facefleet.recognition.strangers import UnknownsConfig
 from facefleet.recognition.tracker import TrackingConfig
 from facefleet.vision.tiling import DetectionPlan
 
@@ -45,6 +46,8 @@ class RecognitionConfig(_Section):
     pre_norm_gate: float | None = Field(None, ge=0, description="min pre_norm for evidence (null: the model's spec)")
     min_face_px: float = Field(24, ge=0, description="faces smaller than this are tracked but not embedded")
     top_k: int = Field(3, ge=1, le=100, description="candidates looked up per query")
+    min_sharpness: float = Field(0.0, ge=0, description="aligned crops whose variance of the Laplacian is lower are too "
+                                 "blurred to embed (0: off); counted in status events")
 
 
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -67,6 +70,7 @@ class PipelineConfig(_Section):
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
 
     @field_validator("device")
     @classmethod

@@ -9,6 +9,7 @@ photo per identity is enrolled at full resolution; the others are the queries.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,24 +91,30 @@ def run(pipeline: FacePipeline, photos: list[Photo], gallery: Gallery, heights: 
         gallery.add(ident, [align_faces(p.image, p.kps[None])[0].copy()], [p.path.name])
     pipeline.set_models(pipeline.detector, pipeline.recognizer, gallery_index(gallery, pipeline.recognizer))
     n_queries = sum(enrolled[p.identity] is not p for p in photos)
+    min_rec = pipeline.cfg.recognition.min_face_px
     rows = []
     for h in heights:
-        found = rank1 = matched = false_accepts = 0
+        found = rank1 = matched = false_accepts = too_small = others = 0
         pre_norms: list[float] = []
         t0 = time.perf_counter()
         for slot, p in enumerate(photos):
             frame, box = place(p, h, frame_w, frame_h, slot)
             events = pipeline.process(Frame(slot, frame, None, still=True, name=p.path.name))
-            false_accepts += sum(e.decision == "identified" and e.identity != p.identity for e in events)
             if not events:
                 continue
             boxes = np.array([e.bbox for e in events], np.float32)
             ious = iou_matrix(box[None], boxes)[0]
             j = int(np.argmax(ious))
+            # the other faces of a group photo are other people (whose identity this set does not
+            # label): named or not, they are not false accepts of this photo's person
+            others += sum(e.decision == "identified" for k, e in enumerate(events) if k != j or ious[j] < 0.3)
             if ious[j] < 0.3:
                 continue
             found += 1
             e = events[j]
+            false_accepts += e.decision == "identified" and e.identity != p.identity
+            if e.quality.face_px < min_rec:
+                too_small += 1  # found, but below recognition.min_face_px: never embedded
             if e.quality.pre_norm is not None:
                 pre_norms.append(e.quality.pre_norm)
             if enrolled[p.identity] is not p:  # a query, not the enrolled photo
@@ -122,6 +129,8 @@ def run(pipeline: FacePipeline, photos: list[Photo], gallery: Gallery, heights: 
             "rank1": rank1 / max(n_queries, 1),
             "match_rate": matched / max(n_queries, 1),
             "false_accepts": false_accepts,
+            "too_small": too_small,
+            "other_faces_identified": others,
             "pre_norm_mean": float(np.mean(pre_norms)) if pre_norms else None,
             "fps": len(photos) / seconds,
         })
@@ -133,7 +142,32 @@ def run(pipeline: FacePipeline, photos: list[Photo], gallery: Gallery, heights: 
         "models": pipeline.models.model_dump(),
         "plan": plan.model_dump(),
         "heights": rows,
+        "advice": advice(rows, pipeline.cfg),
     }
+
+
+def advice(rows: list[dict], cfg) -> list[str]:
+    """Which setting to change, from the figures: faces found but too small to recognize,
+    faces the detector loses."""
+    out = []
+    rc, plan = cfg.recognition, cfg.detection.plan
+    def px_list(rs: list[dict]) -> str:
+        return ", ".join(f"{r['face_px']:g}" for r in rs)
+
+    small = [r for r in rows if r["too_small"]]
+    if small:
+        px = min(r["face_px"] for r in small)
+        out.append(f"faces found at {px_list(small)} px are too small to recognize "
+                   f"(recognition.min_face_px {rc.min_face_px:g}): to try them, lower recognition.min_face_px to "
+                   f"{max(1, math.floor(px * 0.9)):g} and check rank1 at those heights")
+    lost = [r for r in rows if r["detection_rate"] < 0.8]
+    if lost and not plan.tiled:
+        out.append(f"the detector loses faces at {px_list(lost)} px: add tiles "
+                   f"(detection.plan grid: true, or zones where far faces appear)")
+    elif lost:
+        out.append(f"the detector loses faces at {px_list(lost)} px even with tiles: "
+                   f"lower detection.min_face_px ({cfg.detection.min_face_px:g}) or detection.score_threshold")
+    return out
 
 
 def write_outputs(results: dict[str, dict], out_dir: Path, label: str = "distance") -> tuple[Path, Path]:

@@ -2,10 +2,19 @@
 
 The JSON Schema (``facefleet events schema``, ``schemas/event.schema.json``) is generated from
 these classes, so producers and consumers share one definition.
+
+Versions: every event carries ``schema_version`` (absent means 1). Version 2 added fields only
+(``margin``, ``unknown_id``, ``unknown_count`` on match events, ``face_usability`` and
+``temperature_c`` and ``cameras`` (per-camera capture figures) on status events), all optional, so the current schema accepts version 1
+events as they are. Version 1 forbids unknown properties, so a consumer built for it rejects
+version 2 events: it must read ``schema_version`` and validate against the schema of that
+version (``schemas/event.schema.v1.json`` is kept unchanged for it; ``schemas/event.schema.json``
+is always the newest).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -14,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from facefleet.capture.stats import CameraStatus
 
-SCHEMA_ID = "https://facefleet.dev/schemas/event.schema.json"
+SCHEMA_VERSION = 2
+SCHEMA_ID = f"https://facefleet.dev/schemas/event.schema.v{SCHEMA_VERSION}.json"
 
 
 def _new_id() -> str:
@@ -30,6 +40,8 @@ class _Event(BaseModel):
     event_id: str = Field(default_factory=_new_id, pattern=r"^[0-9a-f]{32}$", description="unique; consumers de-duplicate on it")
     timestamp: datetime = Field(default_factory=_now, description="when the event was made (UTC)")
     device: str = Field("local", description="thing name or host that made it")
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION,
+                                description="version of the event schema the producer wrote (absent: 1)")
 
 
 class Quality(BaseModel):
@@ -72,6 +84,11 @@ class MatchEvent(_Event):
     bbox: tuple[float, float, float, float] = Field(description="last box x1,y1,x2,y2 in frame pixels")
     quality: Quality
     models: Models
+    margin: float | None = Field(None, ge=-2, le=2, description="similarity of the decision minus that of the runner-up "
+                                 "identity (null: fewer than two identities); small means a near tie")
+    unknown_id: str | None = Field(None, max_length=64, description="for unknown: the stranger this face was clustered "
+                                   "into on the device, stable across sightings")
+    unknown_count: int | None = Field(None, ge=1, description="for unknown: how often that stranger has been seen")
 
 
 class ModelChangedEvent(_Event):
@@ -89,6 +106,20 @@ class ErrorEvent(_Event):
     message: str
 
 
+class FaceUsability(BaseModel):
+    """Why a camera recognizes little: frames with faces but none usable, by reason (since the last status)."""
+
+    model_config = ConfigDict(extra="forbid")
+    frames: int = Field(ge=0, description="frames processed")
+    no_face: int = Field(ge=0, description="frames without any detection")
+    usable: int = Field(ge=0, description="frames with at least one usable face")
+    too_small: int = Field(ge=0, description="frames whose faces were all under recognition.min_face_px")
+    too_blurred: int = Field(ge=0, description="frames whose best face was under recognition.min_sharpness")
+    below_pre_norm_gate: int = Field(ge=0, description="frames whose best face embedded under the pre_norm gate")
+    ignored_tracks: int = Field(0, ge=0, description="tracks matched to an ignore anchor (no event raised)")
+    unusable_share: float = Field(ge=0, le=1, description="frames with faces but none usable / frames with faces")
+
+
 class StatusEvent(_Event):
     type: Literal["status"] = "status"
     fps: dict[str, float] = Field(description="frames per second per camera")
@@ -104,6 +135,10 @@ class StatusEvent(_Event):
     spool_error: str | None = Field(None, description="set while the spool's disk refuses writes (e.g. no space left): "
                                     "events are then held in memory")
     held_in_memory: int = Field(0, ge=0, description="events held in memory because the spool's disk refuses writes")
+    temperature_c: float | None = Field(None, ge=-50, le=150, description="device temperature in °C (the Hailo chip or the "
+                                        "SoC), when the component reads one")
+    face_usability: dict[str, FaceUsability] | None = Field(
+        None, description="per camera: frames with no usable face by reason (FacePipeline.face_stats.snapshot())")
 
 
 class CommandResultEvent(_Event):
@@ -126,9 +161,12 @@ def to_json(event: _Event) -> str:
 
 
 def parse_event(data: str | bytes | dict) -> Event:
-    if isinstance(data, dict):
-        return EVENT_ADAPTER.validate_python(data)
-    return EVENT_ADAPTER.validate_json(data)
+    """Any version's event; one without ``schema_version`` is a version 1 event."""
+    if not isinstance(data, dict):
+        data = json.loads(data)
+    if isinstance(data, dict) and "schema_version" not in data:
+        data = {**data, "schema_version": 1}
+    return EVENT_ADAPTER.validate_python(data)
 
 
 def json_schema() -> dict:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from facefleet.errors import FacefleetError
+from facefleet.vision.detectors import DetectorSpec, layouts
 
 CATALOG_NAME = "models.json"
 
@@ -48,38 +49,8 @@ class InputSpec(_Strict):
     dtype: Literal["float32", "uint8"] = "float32"
     max_batch: int | None = Field(None, gt=0, description="None: any batch size")
     size_multiple: int = Field(32, gt=0, description="dynamic sizes are rounded up to this")
-
-
-class DetectorSpec(_Strict):
-    """SCRFD output layout and detection defaults."""
-
-    layout: Literal["decoded", "raw_heads"]
-    strides: tuple[int, ...] = (8, 16, 32)
-    anchors_per_cell: int = Field(2, gt=0)
-    scores: tuple[str, ...] = Field(description="output names, one per stride")
-    bbox: tuple[str, ...]
-    kps: tuple[str, ...] | None = None
-    scores_are_logits: bool = False
-    bbox_scales: tuple[float, ...] | None = Field(
-        None, description="raw heads: per-stride multipliers of the bbox distances, for a model cut BEFORE "
-                          "SCRFD's Scale (a raw-heads ONNX export). null for zoo HEFs: their box heads end at the Mul "
-                          "(the scale is inside; see docs/hailo.md)"
-    )
-    heads_order: Literal["NCHW", "NHWC"] = Field(
-        "NCHW", description="raw heads: channel-first (ONNX export) or channel-last (as HailoRT returns them)")
-    score_threshold: float = Field(0.5, ge=0, le=1)
-    nms_iou: float = Field(0.4, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _per_stride(self) -> DetectorSpec:
-        n = len(self.strides)
-        for field in ("scores", "bbox", "kps", "bbox_scales"):
-            value = getattr(self, field)
-            if value is not None and len(value) != n:
-                raise ValueError(f"detector.{field} needs one entry per stride ({n})")
-        if self.kps is None:
-            raise ValueError("detector.kps is required: alignment needs the 5 landmarks")
-        return self
+    letterbox: Literal["top_left", "center"] = Field(
+        "top_left", description="detectors: where the resized frame sits in the input (the rest is black padding)")
 
 
 class RecognizerSpec(_Strict):
@@ -122,6 +93,16 @@ class ModelSpec(_Strict):
             raise FacefleetError(f"model spec {self.name}: sha256 unknown")
         return self.sha256[:16]
 
+    @property
+    def embedding_key(self) -> str:
+        """Digest of the spec fields that change what the model computes from a crop (input
+        size, layout, colour order, dtype, normalization, output): caches of embeddings are
+        keyed by it AND the file's fingerprint, so a corrected sidecar re-embeds."""
+        facts = {"input": self.input.model_dump(exclude={"max_batch"}),
+                 "normalization": self.normalization.model_dump() if self.normalization else None,
+                 "output": self.recognizer.output if self.recognizer else None}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -139,13 +120,20 @@ class ResolvedModel(BaseModel):
     path: Path
 
 
+def spec_error(e: ValidationError) -> str:
+    """The first problem of a spec as ``field.path: message`` (one line; the union tag dropped)."""
+    err = e.errors()[0]
+    tags = set(layouts())
+    parts = [str(x) for i, x in enumerate(err["loc"]) if not (i == 1 and err["loc"][0] == "detector" and x in tags)]
+    msg = err["msg"].removeprefix("Value error, ").splitlines()[0]
+    return f"{'.'.join(parts)}: {msg}" if parts else msg
+
+
 def _parse_spec(data: dict, origin: str) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise FacefleetError(f"invalid model spec {origin}: {loc}: {err['msg']}") from None
+        raise FacefleetError(f"invalid model spec {origin}: {spec_error(e)}") from None
 
 
 def _read_json(path: Path) -> object:
@@ -188,6 +176,9 @@ def resolve_model(model_path: str | Path, kind: str | None = None, catalog: Path
         if not isinstance(data, dict):
             raise FacefleetError(f"invalid model spec {sidecar}: expected an object")
         spec = _parse_spec(data, str(sidecar))
+        if Path(spec.file).name != path.name:
+            raise FacefleetError(f"model spec {sidecar.name} describes {Path(spec.file).name!r}, not {path.name!r}: "
+                                 f"fix its 'file' field (or the file name)")
     else:
         specs = load_catalog(catalog)
         by_sha = [s for s in specs if s.sha256 == digest]

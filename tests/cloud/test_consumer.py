@@ -226,9 +226,9 @@ def test_sqs_consumer_rides_out_network_and_service_outages(mocked_aws, tmp_path
     err500 = ClientError({"Error": {"Code": "InternalError", "Message": "We encountered an internal error"},
                           "ResponseMetadata": {"HTTPStatusCode": 500}}, "ReceiveMessage")
     throttled = ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"},
-                             "ResponseMetadata": {"HTTPStatusCode": 403}}, "DeleteMessage")
+                             "ResponseMetadata": {"HTTPStatusCode": 403}}, "DeleteMessageBatch")
     _flaky(sqs, "ReceiveMessage", [down] * 20 + [err500, ReadTimeoutError(endpoint_url=url)])
-    _flaky(sqs, "DeleteMessage", [throttled, down])
+    _flaky(sqs, "DeleteMessageBatch", [throttled, down])
     slept: list[float] = []
     c = Consumer(SqliteStore(tmp_path / "ev.db"))
     consume_sqs(sqs, url, c, stop=lambda: c.stats.stored == 5 and len(slept) > 0, wait_s=0, sleep=slept.append)

@@ -15,7 +15,7 @@ from facefleet.errors import FacefleetError
 GOLDEN = Path(__file__).parent / "golden"
 SPECS = sorted((Path(__file__).parents[2] / "build" / "specs").glob("*.yaml"))
 REQUIRED = {"w600k_mbf", "w600k_r50", "arcface_mobilefacenet", "arcface_r50", "scrfd_10g", "scrfd_2.5g", "scrfd_500m",
-            "yolov8n", "mobilenet_v2_cls"}
+            "yolov8n", "mobilenet_v2_cls", "yolov8_face", "retinaface_mobilenet"}
 
 
 def _spec_dict(name: str = "w600k_mbf") -> dict:

@@ -43,8 +43,11 @@ def run_cli(*args) -> tuple[int, str, str]:
 
 def run_cli_child(*args, env: dict) -> tuple[int, str, int]:
     """``facefleet ARGS`` in a child: (exit code, stderr, the child's peak RSS in bytes)."""
-    code = ("import resource, sys\nfrom facefleet.cli import main\nrc = main(sys.argv[1:])\n"
-            "sys.stderr.write(f'\\nMAXRSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}\\n')\nsys.exit(rc)")
+    # VmHWM of this process image, not getrusage: Linux keeps ru_maxrss across fork+exec, so a child of a
+    # large pytest process would report the parent's size (kernel/exit.c, fs/exec.c setmax_mm_hiwater_rss).
+    code = ("import sys\nfrom facefleet.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:'))\n"
+            "sys.stderr.write(f'\\nMAXRSS {hwm * 1024}\\n')\nsys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
     rss = int(r.stderr.rsplit("MAXRSS ", 1)[1].split()[0]) if "MAXRSS " in r.stderr else -1
     return r.returncode, r.stderr.split("\nMAXRSS ")[0], rss

@@ -99,7 +99,9 @@ BAD_GALLERY = [
     ("wrong version", json.dumps({"version": 99, "identities": {}}), "unsupported format"),
     ("identities list", json.dumps({"version": 1, "identities": []}), "unsupported format"),
     ("crop path escape", json.dumps({"version": 1, "identities": {"x": {"crops": ["../../victim.png"]}}}), "invalid crop file"),
-    ("crop absolute", json.dumps({"version": 1, "identities": {"x": {"crops": ["/etc/passwd"]}}}), "invalid crop file"),
+    # The victim is the test's own file (VICTIM is replaced by its absolute path): a check run against code
+    # without the fix deletes it, never a system file.
+    ("crop absolute", json.dumps({"version": 1, "identities": {"x": {"crops": ["VICTIM"]}}}), "invalid crop file"),
     ("name with ESC", json.dumps({"version": 1, "identities": {"\x1b]0;pwn\x07": {"crops": []}}}), "invalid identity name"),
     ("deep nesting", "[" * 100_000 + "]" * 100_000, "corrupt gallery index"),
     ("not utf-8", b"\xff\xfe\x00garbage", "corrupt gallery index"),
@@ -112,6 +114,8 @@ BAD_GALLERY = [
 def test_corrupt_gallery_index(tmp_path, label, text, expected, command):
     victim = tmp_path / "victim.png"
     victim.write_bytes(b"keep me")
+    if isinstance(text, str):
+        text = text.replace("VICTIM", str(victim))
     g = _gallery_with_index(tmp_path, text)
     extra = ["--name", "x"] if command == "remove" else []
     rc, _, err = run_cli("gallery", command, "--gallery", g, *extra)
@@ -197,7 +201,7 @@ BAD_ARGS = [
     (("run", "--source", "/nonexistent.mp4", "--gallery", "GALLERY"), "source not found", 1),
     (("run", "--source", "FACE", "--gallery", "/nonexistent-gallery"), "unknown gallery", 1),
     (("gallery", "merge", "--gallery", "G2", "/nonexistent.tar.gz"), "not found", 1),
-    (("models", "/nonexistent.onnx"), "not found", 1),
+    (("models", "show", "/nonexistent.onnx"), "not found", 1),
     (("config", "check", "/nonexistent.yaml"), "not found", 1),
 ]
 

@@ -45,7 +45,7 @@ def _manifest(identities: dict) -> bytes:
 
 def _symlink() -> tarfile.TarInfo:
     t = tarfile.TarInfo("crops/" + C1)
-    t.type, t.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    t.type, t.linkname = tarfile.SYMTYPE, "/nonexistent/victim.png"
     return t
 
 
@@ -63,7 +63,7 @@ BAD_ARCHIVES = [
     ("wrong format", lambda p: _tar(p, [("facefleet-gallery.json", json.dumps({"format": 9}).encode())]), "missing or unsupported"),
     ("bad name", lambda p: _tar(p, [("facefleet-gallery.json", _manifest({"x\x1b[2J": {"crops": [C1]}})), ("crops/" + C1, CROP)]),
      "invalid identity name"),
-    ("crop path escape", lambda p: _tar(p, [("facefleet-gallery.json", _manifest({"x": {"crops": ["../../etc/passwd"]}}))]),
+    ("crop path escape", lambda p: _tar(p, [("facefleet-gallery.json", _manifest({"x": {"crops": ["../../victim.png"]}}))]),
      "not a content-addressed"),
     ("crop wrong size", lambda p: _tar(p, [("facefleet-gallery.json", _manifest({"x": {"crops": [C1]}})),
                                            ("crops/" + C1, cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes())]),

@@ -150,7 +150,7 @@ def test_error_hef_invalid(hailo_backend, tmp_path, hefs):
     bad = tmp_path / "bad.hef"
     bad.write_bytes(b"\x00not a hef")
     spec = json.loads(hefs["rec"].with_suffix(".json").read_text())
-    bad.with_suffix(".json").write_text(json.dumps(spec))
+    bad.with_suffix(".json").write_text(json.dumps({**spec, "file": bad.name}))
     with pytest.raises(FacefleetError, match="not a valid HEF"):
         hailo_backend.load(resolve_model(bad))
 
@@ -330,7 +330,7 @@ def test_error_outputs_do_not_fit_spec(hailo_backend, tmp_path, hefs):
     d = det["detector"]
     swapped = {**d, "scores": [d["scores"][1], d["scores"][0], d["scores"][2]]}
     hefs_dir = hefs["det"].parent
-    (hefs_dir / "scrfd_swapped.json").write_text(json.dumps({**det, "detector": swapped}))
+    (hefs_dir / "scrfd_swapped.json").write_text(json.dumps({**det, "detector": swapped, "file": "scrfd_swapped.hef"}))
     (hefs_dir / "scrfd_swapped.hef").write_bytes(hefs["det"].read_bytes())
     with pytest.raises(FacefleetError, match=r"detector.scores .* do not fit the HEF outputs"):
         hailo_backend.load(resolve_model(hefs_dir / "scrfd_swapped.hef"))
@@ -373,7 +373,8 @@ def test_error_device_used_from_another_process(hailo_models, hefs):
     q = ctx.Queue()
     extra = hefs["dir"] / "other.hef"
     extra.write_bytes(hefs["rec"].read_bytes())
-    extra.with_suffix(".json").write_text(hefs["rec"].with_suffix(".json").read_text())
+    extra.with_suffix(".json").write_text(json.dumps({**json.loads(hefs["rec"].with_suffix(".json").read_text()),
+                                                  "file": extra.name}))
     p = ctx.Process(target=_child_load, args=(backend, str(extra), str(hefs["det"]), q))
     p.start()
     p.join(60)
@@ -409,7 +410,8 @@ def test_model_swap_releases_the_old_hef(hailo_backend, hefs, clip_frames, tmp_p
     p.process(Frame(0, clip_frames[0], 0.0))
     copy = tmp_path / "scrfd_2_5g_v2.hef"  # "a new model version": another file, configured beside the old
     copy.write_bytes(hefs["det"].read_bytes())
-    copy.with_suffix(".json").write_text(hefs["det"].with_suffix(".json").read_text())
+    copy.with_suffix(".json").write_text(json.dumps({**json.loads(hefs["det"].with_suffix(".json").read_text()),
+                                                  "file": copy.name}))
     new = load_models(hailo_backend, cfg, copy, hefs["rec"])
     old_cim = old.detector.model._cfg.configured
     assert len(hailo_backend.vdevice.loaded_network_groups) == 3  # old det, new det, the shared recognizer

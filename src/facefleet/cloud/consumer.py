@@ -96,6 +96,10 @@ class SqliteStore:
 
 
 def open_store(target: str) -> JsonlStore | SqliteStore:
+    if target.startswith(("postgresql://", "postgres://")):  # fleet scale: see cloud/stores.py
+        from facefleet.cloud.stores import PostgresStore
+
+        return PostgresStore(target)
     p = Path(target)
     return SqliteStore(p) if p.suffix in (".db", ".sqlite", ".sqlite3") else JsonlStore(p)
 
@@ -300,16 +304,20 @@ def consume_sqs(sqs, queue_url: str, consumer: Consumer, stop: Callable[[], bool
                 sleep: Callable[[float], None] | None = None) -> None:
     """Long-poll an SQS queue fed by the IoT topic rule; delete each message once handled
     (stored, duplicate or invalid: none of them should come back). Network and service errors
-    are waited out with backoff; a message whose delete failed comes back and is a duplicate."""
+    are waited out with backoff; a message whose delete failed comes back and is a duplicate.
+    One DeleteMessageBatch per receive: a tenth of the requests (SQS bills per request)."""
     import time
 
     retry = resilient(stop, sleep or time.sleep)
     try:
         while not stop():
             resp = retry(sqs.receive_message, QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
-            for msg in resp.get("Messages", []):
+            msgs = resp.get("Messages", [])
+            for msg in msgs:
                 consumer.handle(msg["Body"], "sqs")
-                retry(sqs.delete_message, QueueUrl=queue_url, ReceiptHandle=msg["ReceiptHandle"])
+            if msgs:  # an entry that fails comes back after the visibility timeout: a duplicate then
+                retry(sqs.delete_message_batch, QueueUrl=queue_url,
+                      Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
     except Stopped:
         log.info("stopped while waiting for SQS to come back")
 

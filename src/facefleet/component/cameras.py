@@ -36,13 +36,14 @@ def open_reader(cam: CameraConfig, stats: CameraStats) -> CameraReader:
 
 class CameraWorker:
     def __init__(self, cam: CameraConfig, slot: ServingSlot, publish: Callable, device: str,
-                 opener: Opener = open_reader, retry_s: float = 5.0):
+                 opener: Opener = open_reader, retry_s: float = 5.0, strangers=None):
         from facefleet.recognition.pipeline import FacePipeline
 
         self.cam, self.slot, self.publish, self.device = cam, slot, publish, device
         self.opener, self.retry_s = opener, retry_s
         s = slot.current
-        self.pipeline = FacePipeline(s.models.detector.fork(), s.models.recognizer, s.index, s.cfg, camera_id=cam.id)
+        self.pipeline = FacePipeline(s.models.detector.fork(), s.models.recognizer, s.index, s.cfg, camera_id=cam.id,
+                                     strangers=strangers)  # one book for all cameras: one stranger, one id
         self._generation = s.generation
         self.stats = CameraStats()
         self.frames = 0

@@ -69,6 +69,7 @@ class Component:
         self._stopped = False
         self.cameras: dict[str, CameraWorker] = {}
         self.slot: ServingSlot | None = None
+        self.strangers = None  # recognition.strangers.StrangerBook shared by the cameras' pipelines
         self.swaps = 0
         self.last_swap_ms: float | None = None
         self.backends = BackendPool()  # serving, validation and swaps share one device
@@ -212,7 +213,12 @@ class Component:
         return self._busy > 0
 
     def _start_camera(self, cam: CameraConfig) -> None:
-        self.cameras[cam.id] = CameraWorker(cam, self.slot, self.publish, self.cfg.device, opener=self._opener).start()
+        if self.strangers is None:
+            from facefleet.recognition.strangers import StrangerBook
+
+            self.strangers = StrangerBook(self.cfg.unknowns, 1.0)  # shared (it locks); threshold set per model
+        self.cameras[cam.id] = CameraWorker(cam, self.slot, self.publish, self.cfg.device, opener=self._opener,
+                                            strangers=self.strangers).start()
 
     @property
     def finished(self) -> bool:
@@ -408,16 +414,17 @@ class Component:
     # ---- status -------------------------------------------------------------------------------------
     def status(self, last: dict[str, tuple[int, float]]) -> StatusEvent:
         now = time.monotonic()
-        fps, stage_ms, cameras = {}, {}, {}
+        fps, stage_ms, cameras, usability = {}, {}, {}, {}
         for cid, w in list(self.cameras.items()):
             f0, t0 = last.get(cid, (0, now))
             fps[cid] = round((w.frames - f0) / (now - t0), 2) if now > t0 else 0.0
             last[cid] = (w.frames, now)
             cameras[cid] = w.stats.report()
+            usability[cid] = w.pipeline.face_stats.snapshot(reset=True)
             for k, v in w.pipeline.clock.mean_ms().items():
                 stage_ms[f"{cid}.{k}"] = round(v, 3)
         models = self.models
-        return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms, cameras=cameras,
+        return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms, cameras=cameras, face_usability=usability,
                            models=Models(detector=models.detector.spec.fingerprint, recognizer=models.recognizer.fingerprint),
                            gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
                            dead_letter=self.spool.dead_letters,

@@ -106,6 +106,7 @@ class GalleryIndex:
     names: list[str]
     templates: np.ndarray
     coarse_from: int = COARSE_FROM
+    ignored: frozenset[str] = frozenset()  # ignore anchors among names: a match to them raises no event
     _coarse: object = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -213,6 +214,10 @@ class Gallery:
     def info(self, name: str) -> dict:
         return dict(self._data["identities"][name])
 
+    def ignored(self) -> frozenset[str]:
+        """Identities enrolled as ignore anchors (a neighbour, a poster, a TV)."""
+        return frozenset(n for n, e in self._data["identities"].items() if e.get("ignore"))
+
     def crop_files(self, name: str) -> list[Path]:
         return [self.root / "crops" / c for c in self._data["identities"][name]["crops"]]
 
@@ -245,11 +250,12 @@ class Gallery:
         return restore, new_files
 
     # ---- writing -------------------------------------------------------------------------
-    def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None) -> int:
-        """Store aligned crops for ``name`` (created if new). Returns the number of new crops."""
+    def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None, ignore: bool = False) -> int:
+        """Store aligned crops for ``name`` (created if new). Returns the number of new crops.
+        ``ignore``: ``name`` is an ignore anchor (matches to it raise no event)."""
         restore, new_files = self._transaction()
         try:
-            added = self._add(name, crops, sources, new_files)
+            added = self._add(name, crops, sources, new_files, ignore)
             self._save()
         except BaseException as e:
             restore()
@@ -258,13 +264,19 @@ class Gallery:
             raise
         return added
 
-    def _add(self, name: str, crops: list[np.ndarray], sources: list[str] | None, new_files: list[Path]) -> int:
+    def _add(self, name: str, crops: list[np.ndarray], sources: list[str] | None, new_files: list[Path],
+             ignore: bool = False) -> int:
         name = validate_name(name)
         if not crops:
             raise FacefleetError(f"no face crops to enroll for {name!r}")
+        known = self._data["identities"].get(name)
+        if known is not None and bool(known.get("ignore")) != ignore:
+            raise FacefleetError(f"{name!r} is already enrolled as {'an ignore anchor' if known.get('ignore') else 'an identity'}")
         (self.root / "crops").mkdir(exist_ok=True, mode=0o700)
         entry = self._data["identities"].setdefault(
             name, {"crops": [], "sources": [], "added": datetime.now(UTC).isoformat()})
+        if ignore:
+            entry["ignore"] = True
         added = 0
         for i, crop in enumerate(crops):
             if crop.shape[:2] != CROP_SIZE:
@@ -305,7 +317,8 @@ class Gallery:
         """Write the gallery's identities and crops (no embeddings: each device embeds them
         with its own model) as a tar.gz. Returns the number of identities."""
         manifest = {"format": ARCHIVE_FORMAT, "identities": {
-            n: {"crops": list(e["crops"]), "sources": list(e.get("sources", []))} for n, e in self._data["identities"].items()}}
+            n: {"crops": list(e["crops"]), "sources": list(e.get("sources", [])), **({"ignore": True} if e.get("ignore") else {})}
+            for n, e in self._data["identities"].items()}}
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             _add_bytes(tar, ARCHIVE_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -320,10 +333,11 @@ class Gallery:
         Returns the number of crops added."""
         from facefleet.archives import read_gallery_archive
 
-        staged = read_gallery_archive(Path(path), max_bytes)  # bounded, every entry checked
+        ignored: set[str] = set()
+        staged = read_gallery_archive(Path(path), max_bytes, ignored=ignored)  # bounded, every entry checked
         restore, new_files = self._transaction()
         try:
-            added = sum(self._add(name, crops, sources, new_files) for name, (crops, sources) in staged.items())
+            added = sum(self._add(name, crops, sources, new_files, name in ignored) for name, (crops, sources) in staged.items())
             self._save()
         except BaseException as e:
             restore()
@@ -340,21 +354,23 @@ class Gallery:
         return h.hexdigest()
 
     def index_for(self, fingerprint: str, embed: Callable[[np.ndarray], np.ndarray],
-                  use_cache: bool = True, dim: int | None = None) -> GalleryIndex:
+                  use_cache: bool = True, dim: int | None = None, spec_key: str = "") -> GalleryIndex:
         """Identity templates for the model ``fingerprint``, from the cache when it is current.
 
         ``embed`` maps a crop batch ``[n,112,112,3]`` to unit embeddings; it is called once for
-        all crops of the gallery when the cache is missing or stale.
+        all crops of the gallery when the cache is missing or stale. ``spec_key`` names the
+        spec fields that change an embedding (``ModelSpec.embedding_key``): a corrected sidecar
+        (same model file, other preprocessing) re-embeds instead of reusing stale templates.
         """
         names = self.names()
-        key = self._content_key()
+        key = f"{self._content_key()}|{spec_key}"
         cache = self.root / "cache" / f"{fingerprint}.npz"
         if use_cache and cache.is_file():
             try:
                 with np.load(cache, allow_pickle=False) as z:
                     t = z["templates"]
                     if str(z["key"]) == key and _templates_ok(t, len(names), dim):
-                        return GalleryIndex(fingerprint, names, t.astype(np.float32))
+                        return GalleryIndex(fingerprint, names, t.astype(np.float32), ignored=self.ignored())
                     if str(z["key"]) == key:
                         log.warning("gallery cache %s does not fit the model (shape %s); recomputing", cache.name, t.shape)
             except (OSError, KeyError, ValueError, EOFError):
@@ -374,7 +390,7 @@ class Gallery:
         if use_cache:
             self._write_cache(cache, key, templates)
         log.info("gallery %s: embedded %d crops of %d identities for model %s", self.root, len(owner), len(names), fingerprint)
-        return GalleryIndex(fingerprint, names, templates)
+        return GalleryIndex(fingerprint, names, templates, ignored=self.ignored())
 
 
     def _write_cache(self, cache: Path, key: str, templates: np.ndarray) -> None:
@@ -386,7 +402,7 @@ class Gallery:
             log.warning("gallery cache %s not written (%s); continuing without it", cache, e.strerror or e)
 
     def update_index(self, index: GalleryIndex, changed: list[str], embed: Callable[[np.ndarray], np.ndarray],
-                     use_cache: bool = True) -> GalleryIndex:
+                     use_cache: bool = True, spec_key: str = "") -> GalleryIndex:
         """``index`` with only the ``changed`` identities re-embedded (added, extended or removed):
         an enroll costs its own crops, not the whole gallery."""
         rows = {n: index.templates[i] for i, n in enumerate(index.names)}
@@ -398,12 +414,12 @@ class Gallery:
         names = self.names()
         missing = [n for n in names if n not in rows]
         if missing:  # the index did not come from this gallery: the full path
-            return self.index_for(index.fingerprint, embed, use_cache)
+            return self.index_for(index.fingerprint, embed, use_cache, spec_key=spec_key)
         dim = next(iter(rows.values())).shape[0] if rows else 0
         templates = np.stack([rows[n] for n in names]) if names else np.zeros((0, dim), np.float32)
         if use_cache:
-            self._write_cache(self.root / "cache" / f"{index.fingerprint}.npz", self._content_key(), templates)
-        return GalleryIndex(index.fingerprint, names, templates, index.coarse_from)
+            self._write_cache(self.root / "cache" / f"{index.fingerprint}.npz", f"{self._content_key()}|{spec_key}", templates)
+        return GalleryIndex(index.fingerprint, names, templates, index.coarse_from, ignored=self.ignored())
 
 
 def _templates_ok(t: np.ndarray, n: int, dim: int | None) -> bool:

@@ -83,7 +83,8 @@ def gallery_index(gallery: Gallery, recognizer: Recognizer, batch: int = 64) -> 
     def embed(crops: np.ndarray) -> np.ndarray:
         return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
 
-    return gallery.index_for(recognizer.fingerprint, embed, dim=recognizer.rec.embedding_size)
+    return gallery.index_for(recognizer.fingerprint, embed, dim=recognizer.rec.embedding_size,
+                             spec_key=recognizer.spec.embedding_key)
 
 
 def update_index(gallery: Gallery, index: GalleryIndex, changed: list[str], recognizer: Recognizer,
@@ -95,7 +96,7 @@ def update_index(gallery: Gallery, index: GalleryIndex, changed: list[str], reco
     def embed(crops: np.ndarray) -> np.ndarray:
         return np.concatenate([recognizer.embed(crops[i:i + batch])[0] for i in range(0, len(crops), batch)])
 
-    return gallery.update_index(index, changed, embed)
+    return gallery.update_index(index, changed, embed, spec_key=recognizer.spec.embedding_key)
 
 
 def largest_face_crop(detector: Detector, image: np.ndarray, size: int = 112) -> np.ndarray | None:

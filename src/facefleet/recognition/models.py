@@ -10,8 +10,9 @@ import numpy as np
 
 from facefleet.errors import FacefleetError
 from facefleet.runtime.base import LoadedModel
+from facefleet.vision.detections import Detections, postprocess
+from facefleet.vision.detectors import OutputMismatch
 from facefleet.vision.letterbox import Letterbox, input_size, letterbox
-from facefleet.vision.scrfd import Detections, ScrfdLayout, decode, postprocess
 from facefleet.vision.tiling import DetectionPlan, merge
 
 
@@ -23,8 +24,20 @@ def _item(output: np.ndarray, i: int, n: int) -> np.ndarray:
     return output.reshape(n, -1, output.shape[-1])[i]
 
 
+def check_input_size(model: LoadedModel) -> None:
+    """A spec whose fixed input size is not the model's is refused (one line), not left to the
+    runtime's "invalid dimensions" at the first frame."""
+    spec, (mw, mh) = model.spec, model.input_size()
+    sw, sh = spec.input.width, spec.input.height
+    for what, s, m in (("width", sw, mw), ("height", sh, mh)):
+        if s is not None and m is not None and s != m:
+            raise FacefleetError(f"model {spec.name}: spec input.{what} {s}, the model's input is {mw}x{mh} "
+                                 f"(width x height): fix input.width/height in its spec")
+
+
 class Detector:
-    """SCRFD on any backend: letterbox -> infer -> decode -> NMS -> min size."""
+    """Any detector family on any backend: letterbox -> infer -> the family's decoder -> frame
+    coordinates -> NMS -> min size; tiles too. The family is the spec's ``detector.layout``."""
 
     def __init__(self, model: LoadedModel, max_side: int = 640, score_threshold: float | None = None,
                  nms_iou: float | None = None, min_face_px: float = 0.0):
@@ -38,9 +51,9 @@ class Detector:
         self.score_threshold = d.score_threshold if score_threshold is None else score_threshold
         self.nms_iou = d.nms_iou if nms_iou is None else nms_iou
         self.min_face_px = min_face_px
-        self.layout = ScrfdLayout(kind=d.layout, strides=d.strides, anchors=d.anchors_per_cell, scores=d.scores,
-                                  bbox=d.bbox, kps=d.kps or (), logits=d.scores_are_logits,
-                                  bbox_scales=d.bbox_scales, heads_order=d.heads_order)
+        self.decoder = d.decoder()
+        self._center = spec.input.letterbox == "center"
+        check_input_size(model)
         fw, fh = model.input_size()
         self._fixed = (fw or spec.input.width, fh or spec.input.height)
         self._canvas: np.ndarray | None = None
@@ -64,18 +77,14 @@ class Detector:
         """Run a blank image; every output the spec names must exist with the size it implies."""
         w, h = self.input_size_for(self.max_side, self.max_side)
         out = self.model.run(np.zeros((1, h, w, 3), np.uint8))
-        a = self.layout.anchors
-        for i, s in enumerate(self.layout.strides):
-            cells = (-(-h // s)) * (-(-w // s))
-            for names, per in ((self.layout.scores, 1), (self.layout.bbox, 4), (self.layout.kps, 10)):
-                name = names[i]
-                if name not in out:
-                    raise FacefleetError(
-                        f"model {self.spec.name}: output {name!r} named by its spec is missing (has {sorted(out)})")
-                if out[name].size != cells * a * per:
-                    raise FacefleetError(
-                        f"model {self.spec.name}: output {name!r} has shape {list(out[name].shape)}, "
-                        f"spec implies {cells * a * per} values (stride {s}, {a} anchors x {per})")
+        try:
+            self.decoder.check(out, w, h)
+        except OutputMismatch as e:
+            raise FacefleetError(f"model {self.spec.name}: {e} (detector.layout {self.spec.detector.layout})") from None
+
+    def decode(self, outputs: dict[str, np.ndarray], in_w: int, in_h: int) -> Detections:
+        """Candidates of one image in detector-input pixels, before NMS."""
+        return self.decoder.decode(outputs, in_w, in_h, self.score_threshold)
 
     def detect(self, image: np.ndarray, plan: DetectionPlan | None = None, run_tiles: bool = True) -> Detections:
         """Faces in a BGR frame, in frame pixels, best first.
@@ -99,13 +108,13 @@ class Detector:
     def _detect_full(self, image: np.ndarray) -> Detections:
         h, w = image.shape[:2]
         in_w, in_h = self.input_size_for(w, h)
-        canvas, lb = letterbox(image, in_w, in_h, out=self._canvas)
+        canvas, lb = letterbox(image, in_w, in_h, out=self._canvas, center=self._center)
         self._canvas = canvas
         out = self.model.run(canvas[None])
-        cands = decode(out, self.layout, in_w, in_h, self.score_threshold)
+        cands = self.decode(out, in_w, in_h)
         cands.boxes = lb.to_frame(cands.boxes)
         cands.kps = lb.to_frame(cands.kps.reshape(-1, 10)).reshape(-1, 5, 2)
-        return postprocess(cands, self.nms_iou)
+        return postprocess(cands, self.nms_iou, max_candidates=self.spec.detector.max_candidates)
 
     def tile_canvas(self, plan: DetectionPlan) -> tuple[int, int]:
         """Detector input for a tile: the model's fixed size, or the plan's tile side (dynamic)."""
@@ -130,7 +139,7 @@ class Detector:
         parts = []
         for i, win in enumerate(windows):
             out = outputs if n == 1 else {k: _item(v, i, n) for k, v in outputs.items()}
-            c = decode(out, self.layout, cw, ch, self.score_threshold)
+            c = self.decode(out, cw, ch)
             c.boxes = Letterbox(1.0, win.x0, win.y0).to_frame(c.boxes)
             c.kps = Letterbox(1.0, win.x0, win.y0).to_frame(c.kps.reshape(-1, 10)).reshape(-1, 5, 2)
             keep = ~win.cut_by_edge(c.boxes)
@@ -138,7 +147,7 @@ class Detector:
                 # a face taller than the overlap may be cut in every tile; the full frame sees it whole
                 keep &= (c.boxes[:, 3] - c.boxes[:, 1]) <= plan.overlap
             c = c.take(np.flatnonzero(keep))
-            parts.append(postprocess(c, self.nms_iou))
+            parts.append(postprocess(c, self.nms_iou, max_candidates=self.spec.detector.max_candidates))
         return Detections.concat(parts)
 
 
@@ -152,8 +161,10 @@ class Recognizer:
         self.model = model
         self.spec = spec
         self.rec = spec.recognizer
-        self.size = spec.input.width or 112
-        if spec.input.width != spec.input.height:
+        check_input_size(model)
+        mw, mh = model.input_size()
+        self.size = spec.input.width or mw or 112
+        if (spec.input.width or mw) != (spec.input.height or mh):
             raise FacefleetError(f"model {spec.name}: recognizer input must be square")
         self.self_test()
 

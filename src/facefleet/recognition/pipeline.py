@@ -17,8 +17,10 @@ import numpy as np
 from facefleet.config import PipelineConfig
 from facefleet.events import Candidate, MatchEvent, Models, Quality
 from facefleet.recognition.assign import assign
+from facefleet.recognition.facestats import BLURRED, GATED, SMALL, USABLE, FaceStats, sharpness
 from facefleet.recognition.gallery import GalleryIndex
 from facefleet.recognition.models import Detector, Recognizer
+from facefleet.recognition.strangers import Stranger, StrangerBook
 from facefleet.recognition.tracker import Match, Track, Tracker, TrackingConfig
 from facefleet.sources import Frame
 from facefleet.vision.align import align_faces
@@ -55,14 +57,20 @@ class Counters:
 
 
 class FacePipeline:
-    """One camera's pipeline. Models and gallery index can be swapped between frames."""
+    """One camera's pipeline. Models and gallery index can be swapped between frames.
+
+    ``strangers``: a book shared by several cameras' pipelines (one stranger, one id across
+    cameras); default: the pipeline's own. ``face_stats`` counts frames with no usable face.
+    """
 
     def __init__(self, detector: Detector, recognizer: Recognizer, index: GalleryIndex,
-                 cfg: PipelineConfig, camera_id: str | None = None):
+                 cfg: PipelineConfig, camera_id: str | None = None, strangers: StrangerBook | None = None):
         self.cfg = cfg
         self.camera_id = camera_id or cfg.camera_id
         self.clock = StageClock()
         self.counters = Counters()
+        self.face_stats = FaceStats()
+        self.strangers = strangers if strangers is not None else StrangerBook(cfg.unknowns, 1.0)
         self._ids = itertools.count(1)
         self.tracker = Tracker(cfg.tracking, self._ids)
         self.cuts = CutDetector(cfg.tracking.cut_threshold)
@@ -84,6 +92,8 @@ class FacePipeline:
         self.threshold = rc.match_threshold if rc.match_threshold is not None else recognizer.rec.match_threshold
         self.pre_norm_gate = rc.pre_norm_gate if rc.pre_norm_gate is not None else recognizer.rec.pre_norm_gate
         self.models = Models(detector=detector.spec.fingerprint, recognizer=recognizer.fingerprint)
+        self.ignore = frozenset(self.cfg.unknowns.ignore) | index.ignored
+        self.strangers.use_space(recognizer.fingerprint, self.threshold)
 
     def match(self, emb: np.ndarray) -> Match:
         idx, sims = self.index.search(emb[None], 1)
@@ -109,7 +119,7 @@ class FacePipeline:
                 self.cut_count += 1
                 events += self.flush(frame)
             assigned, ended = self.tracker.associate(frame.index, dets.boxes, dets.scores)
-        self._embed(frame, dets, assigned, self.tracker)
+        self.face_stats.frame(self._embed(frame, dets, assigned, self.tracker))
         with self.clock.stage("decide"):
             live = [t for t in assigned if t is not None and not t.ended]
             events += self._decide(self.tracker, live, frame, frame.index, final=False)
@@ -134,15 +144,23 @@ class FacePipeline:
         events = []
         for t in ready:
             m = matches.get(t.id, Match(None, None, None, self.threshold))
-            if tracker.try_decide(t, frame_index, lambda _v, m=m: m, final=final):
-                events.append(self._event(t, frame))
+            if not tracker.try_decide(t, frame_index, lambda _v, m=m: m, final=final):
+                continue
+            if t.decision == "identified" and t.match.identity in self.ignore:
+                self.face_stats.ignored()  # a negative anchor (poster, TV, neighbour): decided, never announced
+                continue
+            stranger = None
+            if t.decision == "unknown" and self.cfg.unknowns.cluster and (v := t.aggregated()) is not None:
+                stranger = self.strangers.observe(v, self.camera_id, t.best_crop)
+            events.append(self._event(t, frame, stranger))
         return events
 
     def _assigned_matches(self, tracker: Tracker, ready: list[Track], frame_index: int) -> dict[int, Match]:
         with_ev = [(t, v) for t in ready if (v := t.aggregated()) is not None]
         if not with_ev or len(self.index) == 0:
             return {}
-        idx, sims = self.index.search(np.stack([v for _, v in with_ev]), self.cfg.recognition.top_k)
+        # at least two candidates: the margin over the runner-up explains the decision
+        idx, sims = self.index.search(np.stack([v for _, v in with_ev]), max(self.cfg.recognition.top_k, 2))
         ready_ids = {t.id for t in ready}
         names = self.index.names
         held = {t.match.identity for t in tracker.tracks
@@ -154,9 +172,12 @@ class FacePipeline:
             c = int(chosen[row])
             if c >= 0:
                 sim = float(sims[row][idx[row] == c][0])
-                out[t.id] = Match(names[c], sim, names[c], self.threshold)
+                others = sims[row][idx[row] != c]
+                margin = sim - float(others[0]) if len(others) else None
+                out[t.id] = Match(names[c], sim, names[c], self.threshold, margin)
             else:
-                out[t.id] = Match(None, float(sims[row, 0]), names[idx[row, 0]], self.threshold)
+                margin = float(sims[row, 0] - sims[row, 1]) if sims.shape[1] > 1 else None
+                out[t.id] = Match(None, float(sims[row, 0]), names[idx[row, 0]], self.threshold, margin)
         return out
 
     def _process_still(self, frame: Frame) -> list[MatchEvent]:
@@ -169,23 +190,35 @@ class FacePipeline:
             dets = self.detector.detect(frame.image, self.cfg.detection.plan)
         self.counters.faces += len(dets)
         assigned, _ = tracker.associate(frame.index, dets.boxes, dets.scores)
-        self._embed(frame, dets, assigned, tracker)
+        self.face_stats.frame(self._embed(frame, dets, assigned, tracker))
         with self.clock.stage("decide"):
             return self._decide(tracker, tracker.close_all(), frame, frame.index, final=True)
 
-    def _embed(self, frame: Frame, dets, assigned: list[Track | None], tracker: Tracker) -> None:
+    def _embed(self, frame: Frame, dets, assigned: list[Track | None], tracker: Tracker) -> list[str]:
+        """Embed the faces that need it; return a usability verdict per detection (see facestats)."""
         rc = self.cfg.recognition
         heights = dets.heights
+        verdicts = [SMALL if heights[i] < rc.min_face_px else USABLE for i in range(len(assigned))]
         pick = [i for i, t in enumerate(assigned)
                 if t is not None and heights[i] >= rc.min_face_px and tracker.wants_embedding(t, frame.index)]
         if not pick:
-            return
+            return verdicts
         with self.clock.stage("align"):
             size = self.recognizer.size
             buf = self._crop_buf
             if buf is None or len(buf) < len(pick) or buf.shape[1] != size:
                 buf = self._crop_buf = np.empty((max(len(pick), 8), size, size, 3), np.uint8)
             crops = align_faces(frame.image, dets.kps[pick], size, out=buf)
+            if rc.min_sharpness > 0:
+                sharp = sharpness(crops) >= rc.min_sharpness
+                for i, ok in zip(pick, sharp, strict=True):
+                    if not ok:
+                        verdicts[i] = BLURRED
+                        assigned[i].last_embed_frame = frame.index  # seen, too poor to count
+                pick, crops = [i for i, ok in zip(pick, sharp, strict=True) if ok], crops[sharp]
+                if not pick:
+                    return verdicts
+        keep_crops = self.cfg.unknowns.keep_crops
         with self.clock.stage("embed"):
             emb, pre_norm = self.recognizer.embed(crops)
         self.counters.embedded += len(pick)
@@ -196,15 +229,19 @@ class FacePipeline:
                 t = assigned[i]
                 if pre_norm[j] < self.pre_norm_gate:
                     t.last_embed_frame = frame.index  # seen, too poor to count
+                    verdicts[i] = GATED
                     continue
                 if t.decision is None:
                     tracker.add_evidence(t, frame.index, emb[j], float(pre_norm[j]), float(weights[j]))
+                    if keep_crops and weights[j] > t.best_crop_weight:
+                        t.best_crop, t.best_crop_weight = crops[j].copy(), float(weights[j])
                 else:
                     nt = tracker.recheck(t, frame.index, emb[j], float(pre_norm[j]), float(weights[j]), self.match)
                     if nt is not None:
                         assigned[i] = nt
+        return verdicts
 
-    def _event(self, t: Track, frame: Frame | None) -> MatchEvent:
+    def _event(self, t: Track, frame: Frame | None, stranger: Stranger | None = None) -> MatchEvent:
         m = t.match or Match(None, None, None)
         identified = t.decision == "identified"
         best = None
@@ -224,4 +261,7 @@ class FacePipeline:
             quality=Quality(pre_norm=t.best_pre_norm, face_px=t.max_face_px, det_score=float(min(t.best_det_score, 1.0)),
                             evidence_frames=t.evidence_frames, evidence_weight=t.evidence_weight),
             models=self.models,
+            margin=None if m.margin is None else float(np.clip(m.margin, -2, 2)),
+            unknown_id=stranger.unknown_id if stranger is not None else None,
+            unknown_count=stranger.count if stranger is not None else None,
         )

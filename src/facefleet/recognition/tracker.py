@@ -45,6 +45,7 @@ class Match:
     similarity: float | None  # to the accepted identity, else to the best candidate
     candidate: str | None     # best candidate (accepted or not)
     threshold: float = 1.0    # the threshold the identity was accepted with
+    margin: float | None = None  # similarity minus the runner-up identity's (None: no runner-up)
 
 
 MatchFn = Callable[[np.ndarray], Match]
@@ -69,6 +70,8 @@ class Track:
     match: Match | None = None
     decided_frame: int | None = None
     ended: bool = False
+    best_crop: np.ndarray | None = None  # aligned crop of the best-weighted evidence (kept only for strangers' crops)
+    best_crop_weight: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def observe(self, frame: int, box: np.ndarray, score: float) -> None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import InputSpec, ModelSpec, ResolvedModel, load_catalog
+from facefleet.vision.detectors import OutputMismatch
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +128,21 @@ def spec_from_hef(io: HefIO, template: ModelSpec, file: str, name: str | None = 
     h, w, _ = io.input_shape
     inp = InputSpec(name=io.input_name, width=w, height=h, layout="NHWC", color=template.input.color, dtype="uint8",
                     max_batch=template.input.max_batch if template.kind == "recognizer" else 1,
-                    size_multiple=template.input.size_multiple)
+                    size_multiple=template.input.size_multiple, letterbox=template.input.letterbox)
     provenance = {**template.provenance, "spec_from_hef": {"template": template.name}}
     update: dict = {"name": name or template.name, "format": "hef", "file": file, "sha256": None, "input": inp,
                     "normalization": None, "provenance": provenance}
     if template.kind == "detector":
         d = template.detector
-        scores, bbox, kps = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
-        scales = d.bbox_scales if bbox_scales_on_host else None
-        if d.bbox_scales is not None:
+        try:  # each detector family maps the HEF's heads itself (vision/detectors/<family>.py)
+            bound = d.bind_hef(io.outputs, h, w)
+        except OutputMismatch as e:
+            raise FacefleetError(f"HEF {file}: {e}") from None
+        if getattr(d, "bbox_scales", None) is not None:
             provenance["bbox_scale"] = "on_host" if bbox_scales_on_host else "in_hef"
-        update["detector"] = d.model_copy(update={"layout": "raw_heads", "scores": scores, "bbox": bbox, "kps": kps,
-                                                  "heads_order": "NHWC", "bbox_scales": scales})
+            if not bbox_scales_on_host:
+                bound = bound.model_copy(update={"bbox_scales": None})
+        update["detector"] = bound
     else:
         flat = {n: s for n, s in io.outputs.items() if len(s) == 1}
         if len(flat) != 1:
@@ -166,17 +170,13 @@ def check_spec(spec: ModelSpec, io: HefIO) -> None:
         raise FacefleetError(f"{where}: spec input {i.width}x{i.height}, the HEF takes {w}x{h}")
     if spec.kind == "detector":
         d = spec.detector
-        if d.layout != "raw_heads" or d.heads_order != "NHWC":
-            raise FacefleetError(f"{where}: a HEF returns raw heads channel-last: detector layout must be raw_heads, "
-                                 f"heads_order NHWC")
-        if d.bbox_scales is not None and spec.provenance.get("bbox_scale") == "in_hef":
+        if getattr(d, "bbox_scales", None) is not None and spec.provenance.get("bbox_scale") == "in_hef":
             raise FacefleetError(f"{where}: the bbox scale is inside this HEF (provenance.bbox_scale: in_hef); "
                                  f"detector.bbox_scales must be null, or boxes are scaled twice")
-        by_shape = scrfd_heads_by_shape(io.outputs, h, w, d.strides, d.anchors_per_cell)
-        for what, named, found in zip(("scores", "bbox", "kps"), (d.scores, d.bbox, d.kps), by_shape, strict=True):
-            if tuple(named) != found:
-                raise FacefleetError(f"{where}: detector.{what} {list(named)} do not fit the HEF outputs; "
-                                     f"by shape they are {list(found)}")
+        try:
+            d.check_hef(io.outputs, h, w)
+        except OutputMismatch as e:
+            raise FacefleetError(f"{where}: {e}") from None
     else:
         r = spec.recognizer
         if r.output not in io.outputs:

@@ -43,6 +43,11 @@ def _prepend_preprocessing(model, spec: ModelSpec):
     if len(real_inputs) != 1:
         raise FacefleetError(f"model {spec.name}: expected one input, found {names}")
     orig = real_inputs[0]
+    want = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}[spec.input.dtype]
+    have = orig.type.tensor_type.elem_type
+    if have != want:
+        raise FacefleetError(f"model {spec.name}: spec input.dtype {spec.input.dtype}, the ONNX input {orig.name!r} "
+                             f"takes {TensorProto.DataType.Name(have).lower()}")
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in orig.type.tensor_type.shape.dim]
     if len(dims) != 4:
         raise FacefleetError(f"model {spec.name}: input {orig.name} has rank {len(dims)}, expected 4")

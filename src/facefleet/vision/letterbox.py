@@ -37,22 +37,28 @@ def input_size(frame_w: int, frame_h: int, width: int | None, height: int | None
             max(multiple, math.ceil(frame_h * s / multiple) * multiple))
 
 
-def letterbox(image: np.ndarray, out_w: int, out_h: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio, place top-left, pad with zeros.
+def letterbox(image: np.ndarray, out_w: int, out_h: int, out: np.ndarray | None = None,
+              center: bool = False) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio, place top-left (or centred: the padding split equally
+    on both sides, as YOLO-family models are trained), pad with zeros.
 
     ``out`` (uint8, out_h x out_w x 3) is reused when given, so a camera loop allocates once.
     """
     h, w = image.shape[:2]
     scale = min(out_w / w, out_h / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    px, py = ((out_w - nw) // 2, (out_h - nh) // 2) if center else (0, 0)
     if out is None or out.shape != (out_h, out_w, 3):
         out = np.zeros((out_h, out_w, 3), np.uint8)
+    elif center:
+        out.fill(0)
     else:
         out[nh:, :] = 0
         out[:nh, nw:] = 0
+    dst = out[py:py + nh, px:px + nw]
     if (nw, nh) == (w, h):
-        out[:nh, :nw] = image
+        dst[:] = image
     else:
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        out[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=interp)
-    return out, Letterbox(scale=scale)
+        dst[:] = cv2.resize(image, (nw, nh), interpolation=interp)
+    return out, Letterbox(scale=scale, offset_x=-px / scale, offset_y=-py / scale)

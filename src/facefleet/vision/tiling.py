@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facefleet.errors import FacefleetError
+from facefleet.vision.detections import Detections
 from facefleet.vision.nms import overlaps
-from facefleet.vision.scrfd import Detections
 
 
 class Zone(BaseModel):

@@ -15,6 +15,7 @@ from facefleet.cloud.compiler.har import HarInfo
 from facefleet.cloud.compiler.spec import BuildSpec
 from facefleet.errors import FacefleetError
 from facefleet.runtime.hailo import scrfd_heads_by_shape
+from facefleet.vision.detectors import OutputMismatch, validate_detector
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,14 @@ class Resolved:
 
 def _heads(spec: BuildSpec, har: HarInfo) -> dict[str, tuple[str, ...]]:
     d = spec.device.detector
+    if d is not None and d.layout not in ("decoded", "raw_heads"):  # another family: it binds its heads by shape
+        cfg = validate_detector(d.model_dump(exclude_none=True))
+        h, w, _ = spec.input.hwc
+        try:
+            bound = cfg.bind_hef({k: v for k, v in har.outputs.items() if len(v) == 3}, h, w)
+        except OutputMismatch as e:
+            raise FacefleetError(f"{spec.name}: {e}") from None
+        return {f: getattr(bound, f) for f in cfg.output_fields() if getattr(bound, f) is not None}
     if d is None or d.layout != "raw_heads":  # other layouts name their outputs in the spec (checked by DetectorSpec)
         return {k: getattr(d, k) for k in ("scores", "bbox", "kps") if getattr(d, k) is not None} if d else {}
     extra = d.model_dump()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from facefleet.errors import FacefleetError
 from facefleet.modelspec import DetectorSpec, ModelSpec, Normalization, RecognizerSpec
+from facefleet.vision.detectors import validate_detector
 
 # HAR layer names as the DFC prints them (conv41, dw16, fc1, output_layer3, ...), or a {glob*}.
 _LAYER = re.compile(r"^([a-z][a-z0-9_]*\d+|\{[A-Za-z0-9_*?]+\})$")
@@ -159,16 +160,17 @@ class DeviceDetector(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> DeviceDetector:
-        probe = {"scores": ("x",), "bbox": ("x",), "kps": ("x",), **self.model_dump(exclude_none=True)}
-        strides = probe.get("strides", (8, 16, 32))
-        for k in ("scores", "bbox", "kps"):
-            if getattr(self, k) is None:
-                probe[k] = tuple("x" for _ in strides)
-        DetectorSpec.model_validate(probe)  # every other field as the device will read it
+        probe = self.model_dump(exclude_none=True)
+        if self.layout in ("decoded", "raw_heads"):  # SCRFD: names may come from the HAR
+            strides = probe.get("strides", (8, 16, 32))
+            for k in ("scores", "bbox", "kps"):
+                if getattr(self, k) is None:
+                    probe[k] = tuple("x" for _ in strides)
+        validate_detector(probe)  # every other field as the device will read it (other families name their heads)
         return self
 
     def spec(self, names: dict[str, tuple[str, ...]]) -> DetectorSpec:
-        return DetectorSpec.model_validate({**self.model_dump(exclude_none=True), **names})
+        return validate_detector({**self.model_dump(exclude_none=True), **names})
 
 
 class Device(_Strict):
