@@ -3,11 +3,11 @@
 Each camera plays ``--source`` (a video file) as a LIVE camera paced at ``--fps`` (frame i is
 available at start + i/fps whether or not the pipeline is ready; the camera's reader keeps only
 the newest frame, older ones are dropped and counted). ``--fps 0`` reads the file frame by frame
-as fast as the pipeline goes (unpaced: the throughput figure). Frames run through the CURRENT
-component (``facefleet.component.service.Component``: its models, gallery index, spool and
-publisher, a counting sink instead of IPC) the way its camera threads run them today: one
-``infer_lock`` around each frame (``--mode serialized``). ``--mode overlapped`` previews issue 13
-item 3: no lock, each camera its own Detector/Recognizer over the shared loaded models.
+as fast as the pipeline goes (unpaced: the throughput figure). ``--mode component`` (default)
+runs the cameras IN the component (``facefleet.component.service.Component``: its camera
+threads, ServingSlot, models, gallery index, spool and publisher; a counting sink instead of
+IPC; only how a camera is opened is replaced, by the paced file). ``--mode serialized`` is the
+runtime before issue 13: one process-wide lock around every camera's frame.
 
 ``--backend hailo-timed`` stands in for a Hailo-8 without one: the ONNX twin's outputs are
 computed once (a warm pass over every frame and every face of the file) and replayed, and each
@@ -33,7 +33,6 @@ at the end (models, N readers and pipelines).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -75,6 +74,7 @@ class Device:
         self.lock = threading.Lock()
         self.free_at = 0.0
         self.busy_s = 0.0
+        self.waited_s = 0.0  # all threads: time callers waited for results
         self.timed = False
         self.local = threading.local()
 
@@ -90,6 +90,8 @@ class Device:
         if wait > 0:
             time.sleep(wait)
         self.local.waited = getattr(self.local, "waited", 0.0) + max(done - now, 0.0)
+        with self.lock:
+            self.waited_s += max(done - now, 0.0)
 
 
 def _key(a: np.ndarray) -> bytes:
@@ -208,20 +210,82 @@ def warm(comp, source: str) -> None:
             rec.embed(align_faces(frame.image, d.kps, rec.size))
 
 
-def camera_pipelines(comp, n: int, mode: str) -> list:
-    from facefleet.recognition.models import Detector, Recognizer
+def camera_pipelines(comp, n: int) -> list:
     from facefleet.recognition.pipeline import FacePipeline
 
-    out = []
-    for i in range(n):
-        det, rec = comp.models.detector, comp.models.recognizer
-        if mode == "overlapped":  # own pre/post-processing buffers per camera, shared loaded models
-            d = comp.cfg.detection
-            det = Detector(det.model, max_side=d.max_side, score_threshold=d.score_threshold, nms_iou=d.nms_iou,
-                           min_face_px=d.min_face_px)
-            rec = Recognizer(rec.model)
-        out.append(FacePipeline(det, rec, comp.index, comp.cfg, camera_id=f"cam{i}"))
-    return out
+    return [FacePipeline(comp.models.detector.fork(), comp.models.recognizer, comp.index, comp.cfg, camera_id=f"cam{i}")
+            for i in range(n)]
+
+
+class _Empty:
+    """A finite source with no frames: a camera whose paced run is over ends (no reconnect)."""
+
+    live, name, skipped, reconnects = False, "done", 0, 0
+
+    def __iter__(self):
+        return iter(())
+
+    def close(self):
+        pass
+
+
+class Player:
+    """Opens the component's cameras as paced (or looped) files; the run starts when ``go`` is set."""
+
+    def __init__(self, source: str, args):
+        self.source, self.args = source, args
+        self.go = threading.Event()
+        self.start = 0.0
+        self.opened: dict[str, int] = {}
+        self.stats: dict[str, CameraStats] = {}
+        self.lock = threading.Lock()
+
+    def open(self, cam, stats: CameraStats):
+        args = self.args
+        with self.lock:
+            n = self.opened.get(cam.id, 0)
+            self.opened[cam.id] = n + 1
+            self.stats[cam.id] = stats
+        if n:  # the paced file ended: this camera is done
+            return CameraReader(_Empty(), stats=stats).start()
+        self.go.wait()
+        i = int(cam.id[3:])
+        offset = i / (args.cameras * args.fps) if args.fps > 0 else 0.0  # unsynchronised cameras
+        time.sleep(max(self.start + offset - time.monotonic(), 0))
+        src = PacedSource(lambda: open_source(self.source), args.fps, seconds=args.seconds) if args.fps > 0 \
+            else _Looped(self.source, args.loops)
+        return CameraReader(src, stats=stats).start()
+
+    def play_component(self, comp, device: Device) -> dict:
+        self.start = time.monotonic() + 0.5
+        self.go.set()
+        while not comp.finished:
+            time.sleep(0.05)
+        seconds = time.monotonic() - self.start
+        comp.forwarder.drain(10)
+        workers = list(comp.cameras.values())
+        stats = [self.stats[w.cam.id] for w in workers]
+        lat = np.concatenate([np.asarray(s.latencies_ms()) for s in stats]) if any(s.processed for s in stats) else np.zeros(0)
+        processed = [s.processed for s in stats]
+        busy_s = sum(sum(w.pipeline.clock.seconds.values()) for w in workers)
+        frames = max(sum(processed), 1)
+        return {
+            "seconds": round(seconds, 2),
+            "total_fps": round(sum(processed) / seconds, 2),
+            "per_camera_fps": [round(p / seconds, 2) for p in processed],
+            "processed": processed,
+            "decoded": [s.decoded for s in stats],
+            "dropped": sum(s.dropped for s in stats),
+            "dropped_per_camera": [s.dropped for s in stats],
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+            "host_ms_per_frame": round(1000 * (busy_s - device.waited_s) / frames, 2),
+            "host_cpu_ms_per_frame": None,  # not measured per thread in component mode
+            "device_wait_ms_per_frame": round(1000 * device.waited_s / frames, 2),
+            "events": comp.spool.depth + comp._sink.events,
+            "rss_mb": round(_rss_mb(), 1),
+            "errors": [],
+        }
 
 
 def run(args) -> dict:
@@ -238,7 +302,11 @@ def run(args) -> dict:
         from facefleet.component.service import Component
 
         sink = CountingSink()
-        comp = Component(_Ipc(config), work, artifacts=assets / "models", thing="bench", environ={}, sink=sink)
+        player = Player(source, args)
+        if args.mode == "component":
+            config["cameras"] = [{"id": f"cam{i}", "source": source, "detect_fps": None} for i in range(args.cameras)]
+        comp = Component(_Ipc(config), work, artifacts=assets / "models", thing="bench", environ={}, sink=sink,
+                         opener=player.open)
         if args.backend == "hailo-timed":
             comp.backends = TimedPool(device)
         comp.start()
@@ -246,15 +314,19 @@ def run(args) -> dict:
             if args.backend == "hailo-timed":
                 warm(comp, source)
                 device.timed = True
-            pipelines = camera_pipelines(comp, args.cameras, args.mode)
             rss_models = _rss_mb()
-            result = _play(comp, pipelines, source, args, device)
+            if args.mode == "component":
+                result = player.play_component(comp, device)
+            else:
+                result = _play(comp, camera_pipelines(comp, args.cameras), source, args, device)
         finally:
             comp.stop()
     result.update({
         "cameras": args.cameras, "fps_target": args.fps, "backend": args.backend, "mode": args.mode,
         "detector": detector, "recognizer": args.recognizer, "source": source,
-        "rss_mb_after_models": round(rss_models, 1), "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mb_after_models": round(rss_models, 1),
+        "rss_mb_per_camera": round((result["rss_mb"] - rss_models) / args.cameras, 1),
+        "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     })
@@ -290,7 +362,7 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
     waited_s = [0.0] * n
     cpu_s = [0.0] * n
     errors: list[str] = []
-    lock = comp.infer_lock if args.mode == "serialized" else None
+    lock = threading.Lock()  # serialized: one lock around every camera's frame (before issue 13)
     start = time.monotonic() + 0.5
 
     def make_source(i: int):
@@ -306,7 +378,7 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
         p = pipelines[i]
         try:
             for frame in reader:
-                with lock if lock is not None else contextlib.nullcontext():
+                with lock:
                     t0, c0 = time.perf_counter(), time.thread_time()  # inside the lock: waiting for it is not work
                     w0 = getattr(device.local, "waited", 0.0)
                     events = p.process(frame)
@@ -384,8 +456,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="paced: run length (the file loops)")
     ap.add_argument("--loops", type=int, default=1, help="unpaced: times each camera reads the file")
     ap.add_argument("--backend", choices=["onnx", "hailo-timed"], default="onnx")
-    ap.add_argument("--mode", choices=["serialized", "overlapped"], default="serialized",
-                    help="serialized: the component's infer_lock around each frame (today); overlapped: no lock")
+    ap.add_argument("--mode", choices=["component", "serialized"], default="component",
+                    help="component: the cameras run in the component (parallel camera threads); serialized: one lock "
+                    "around every camera's frame, as before issue 13")
     ap.add_argument("--detector", help="detector file in the assets' models (default: det_500m; hailo-timed: scrfd_2.5g_kps)")
     ap.add_argument("--recognizer", default="w600k_mbf_fp32.onnx")
     ap.add_argument("--assets", help="shared assets folder")

@@ -177,3 +177,15 @@ def test_ignore_anchors_survive_a_gallery_archive(tmp_path, people):
     other = Gallery.open(tmp_path / "b", create=True)
     other.merge_archive(tmp_path / "g.tar.gz")
     assert other.names() == ["alice", "poster-lobby"] and other.ignored() == {"poster-lobby"}
+
+
+def test_a_sighting_from_another_recognizer_space_is_not_clustered():
+    """Cameras sharing a book switch recognizers one frame apart during a swap: a 512-d sighting
+    must never meet 128-d centroids (it crashed every camera's frame with a matmul error)."""
+    book = StrangerBook(UnknownsConfig(), 0.5)
+    book.use_space("new-128", 0.5)
+    first = book.observe(np.ones(128, np.float32), "a", fingerprint="new-128")
+    late = book.observe(np.ones(512, np.float32), "b", fingerprint="old-512")  # camera b still on the old model
+    assert late.unknown_id != first.unknown_id and len(book) == 1
+    again = book.observe(np.ones(128, np.float32), "a", fingerprint="new-128")
+    assert again.unknown_id == first.unknown_id and again.count == 2

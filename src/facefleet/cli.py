@@ -156,12 +156,14 @@ def run_source(pipeline, source, publish: Callable) -> int:
 
 
 def cmd_run(args) -> int:
+    if args.config and not getattr(args, "plain", False):  # local mode: the component, local control plane
+        return _run_component(args)
     from facefleet.config import ComponentConfig, load_config
     from facefleet.runtime import BackendPool
     from facefleet.sources import open_source
     from facefleet.transport.jsonl import JsonlSink
 
-    cfg = load_config(args.config, ComponentConfig)  # the Greengrass component's schema (a superset)
+    cfg = load_config(args.config, ComponentConfig)  # the demo's pipeline settings; a plain run has none
     source = open_source(args.source)
     backends = BackendPool()
     try:
@@ -173,12 +175,7 @@ def cmd_run(args) -> int:
                 from facefleet.annotate import annotate_run
 
                 source, publish = annotate_run(args.annotate, source, pipeline, publish)
-            if args.config:  # local mode: the file is watched; changes go through the validated hot swap
-                from facefleet.component.local import run_watched
-
-                n = run_watched(args, cfg, pipeline, source, publish, backends)
-            else:
-                n = run_source(pipeline, source, publish)
+            n = run_source(pipeline, source, publish)
         finally:
             sink.close()
     finally:
@@ -188,6 +185,35 @@ def cmd_run(args) -> int:
              c.frames, c.faces, c.embedded, c.recognizer_calls, n)
     if source.skipped:
         raise FacefleetError(f"{source.skipped} input(s) could not be read (see the log)")
+    return 0
+
+
+def _run_component(args) -> int:
+    """``run --config FILE``: every camera of the file (plus ``--source`` as one more), commands
+    from local MQTT, status events, the file watched; the same Component as on a device. Ends when
+    every camera read a finite source to its end, or on SIGINT/SIGTERM."""
+    import signal
+    from pathlib import Path
+
+    from facefleet.component.planes.local import LocalPlane
+    from facefleet.component.service import Component
+
+    if getattr(args, "annotate", None):
+        raise FacefleetError("--annotate works on a plain run (--source without --config)")
+    plane = LocalPlane(args.config, args.events, source=args.source, gallery=args.gallery, detector=args.detector,
+                       recognizer=args.recognizer)
+    comp = Component(plane, Path(args.config).resolve().parent, thing=plane.thing)
+    previous = signal.signal(signal.SIGTERM, lambda *_: comp.request_stop())
+    try:
+        comp.start()
+        comp.wait(until=lambda: comp.finished)
+    finally:
+        comp.stop(drain_s=10.0)
+        plane.close_events()
+        signal.signal(signal.SIGTERM, previous)
+    skipped = sum(w.skipped for w in comp.cameras.values())
+    if skipped:
+        raise FacefleetError(f"{skipped} input(s) could not be read (see the log)")
     return 0
 
 
@@ -211,7 +237,7 @@ def cmd_demo(args) -> int:
             enroll_images(g, detector, img.stem, [img])
             log.info("enrolled %s from %s", img.stem, img.name)
         run_args = argparse.Namespace(source=str(video), gallery=str(gallery), detector=None, recognizer=None,
-                                      config=args.config, events=args.events)
+                                      config=args.config, events=args.events, plain=True)
         return cmd_run(run_args)
 
 
@@ -356,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     gr.set_defaults(func=cmd_gallery_remove)
 
     def pipeline_args(sp, events: bool = True):
-        sp.add_argument("--source", required=sp.prog.endswith("run"), help="video file, URL, camera index, image or folder")
-        sp.add_argument("--gallery", required=sp.prog.endswith("run"), help="gallery folder")
+        sp.add_argument("--source", help="video file, URL, camera index, image or folder")
+        sp.add_argument("--gallery", help="gallery folder")
         sp.add_argument("--detector", help="detector model file (ModelSpec from a sidecar .json or the catalog)")
         sp.add_argument("--recognizer", help="recognizer model file")
         sp.add_argument("--config", help="pipeline configuration YAML")
@@ -413,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "func", None) is cmd_run and not args.config and not (args.source and args.gallery):
+        parser.error("run needs --source and --gallery (or --config FILE: the component, its cameras from the file)")
     _setup_logging(-1 if args.quiet else args.verbose)
     try:
         return args.func(args) or 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from facefleet.capture.config import CameraSource
 from facefleet.errors import FacefleetError
 from facefleet.recognition.strangers import UnknownsConfig
 from facefleet.recognition.tracker import TrackingConfig
@@ -85,12 +86,26 @@ class PipelineConfig(_Section):
 CAMERA_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "file://")
 
 
-class CameraConfig(_Section):
+class CameraConfig(CameraSource):
+    """One camera the component serves: its id plus how it is read (``capture.CameraSource``:
+    decoder, hwaccel, decode threads, detection rate)."""
+
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="camera id carried by events and status")
     source: str = Field(min_length=1, description="rtsp://, rtsps://, http(s):// or file:// URL, a video file path, "
-                        "or a V4L2 camera index such as \"0\"")
-    fps_cap: float | None = Field(15.0, gt=0, le=120, description="frames per second processed at most (the rest are skipped); "
-                                  "null: no cap (a video file is then processed frame by frame)")
+                        "or a V4L2 camera index such as \"0\". For detection prefer the camera's low-resolution substream")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fps_cap_alias(cls, data):
+        """``fps_cap`` (before issue 13) is ``detect_fps``: configurations on devices still validate."""
+        if isinstance(data, dict) and "fps_cap" in data:
+            data = dict(data)
+            cap = data.pop("fps_cap")
+            if "detect_fps" in data and data["detect_fps"] != cap:
+                raise ValueError("fps_cap is the deprecated name of detect_fps: set only detect_fps")
+            data["detect_fps"] = cap
+            log.warning("camera %s: fps_cap is deprecated, use detect_fps", data.get("id"))
+        return data
 
     @field_validator("source")
     @classmethod
@@ -102,6 +117,11 @@ class CameraConfig(_Section):
         elif any(c in v for c in "\n\r\0"):
             raise ValueError("camera source contains control characters")
         return v
+
+    @property
+    def target(self) -> str:
+        """What the decoder opens (a ``file://`` URL becomes its path)."""
+        return self.source[len("file://"):] if self.source.lower().startswith("file://") else self.source
 
 
 class TopicsConfig(_Section):

@@ -4,8 +4,9 @@ The JSON Schema (``facefleet events schema``, ``schemas/event.schema.json``) is 
 these classes, so producers and consumers share one definition.
 
 Versions: every event carries ``schema_version`` (absent means 1). Version 2 added fields only
-(``margin``, ``unknown_id``, ``unknown_count``, ``gallery_version`` on match events, ``face_usability`` and
-``temperature_c`` on status events), all optional, so the current schema accepts version 1
+(``margin``, ``unknown_id``, ``unknown_count``, ``gallery_version`` on match events; ``face_usability``,
+``temperature_c``, ``canary`` and ``cameras`` (per-camera capture figures) on status events), all optional, so the
+current schema accepts version 1
 events as they are. Version 1 forbids unknown properties, so a consumer built for it rejects
 version 2 events: it must read ``schema_version`` and validate against the schema of that
 version (``schemas/event.schema.v1.json`` is kept unchanged for it; ``schemas/event.schema.json``
@@ -20,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from facefleet.capture.stats import CameraStatus
 
 SCHEMA_VERSION = 2
 SCHEMA_ID = f"https://facefleet.dev/schemas/event.schema.v{SCHEMA_VERSION}.json"
@@ -123,6 +126,8 @@ class FaceUsability(BaseModel):
 class StatusEvent(_Event):
     type: Literal["status"] = "status"
     fps: dict[str, float] = Field(description="frames per second per camera")
+    cameras: dict[str, CameraStatus] = Field(default_factory=dict, description="per camera: decode fps, processed fps, "
+                                             "dropped frames, capture-to-event latency p50/p99")
     stage_ms: dict[str, float] = Field(description="mean ms per frame per pipeline stage")
     models: Models
     gallery_identities: int = Field(ge=0)

@@ -63,7 +63,7 @@ def test_invalid_configurations_are_rejected_while_the_pipeline_runs(greengrass,
             (_with(cfg, "cameras", [{"id": "c1", "source": "ftp://cam.local/stream"}]), "scheme must be one of"),
             (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://"}]), "scheme must be one of"),
             (_with(cfg, "cameras", [{"id": "bad id!", "source": "rtsp://cam/1"}]), "cameras.0.id"),
-            (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://cam/1", "fps_cap": 0}]), "cameras.0.fps_cap"),
+            (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://cam/1", "fps_cap": 0}]), "cameras.0.detect_fps"),
             (_with(cfg, "cameras", [{"id": "c1", "source": "rtsp://a/1"}, {"id": "c1", "source": "rtsp://b/1"}]), "unique"),
             (_with(cfg, "spool", {"max_events": 0}), "spool.max_events"),
             (_with(cfg, "topics", {"events": "facefleet/#"}), "wildcards"),
@@ -164,3 +164,23 @@ def test_keys_left_by_another_version_do_not_stop_the_component(greengrass, asse
         comp.stop()
     with pytest.raises(Exception, match="status_interval_s"):
         parse_component_config({"status_interval_s": "often", "left_over": 1})
+
+
+def test_camera_capture_settings_and_the_deprecated_fps_cap():
+    """Cameras take the capture settings (decoder, hwaccel, decode threads, detect_fps); fps_cap
+    from configurations already on devices still validates, as detect_fps."""
+    import pytest
+
+    from facefleet.config import parse_component_config
+    from facefleet.errors import FacefleetError
+
+    cfg = parse_component_config({"cameras": [
+        {"id": "door", "source": "rtsp://cam/sub", "decoder": "pyav", "hwaccel": "drm", "decode_threads": 2, "detect_fps": 5},
+        {"id": "old", "source": "file:///v.mp4", "fps_cap": 12}]})
+    door, old = cfg.cameras
+    assert (door.decoder, door.hwaccel, door.decode_threads, door.detect_fps) == ("pyav", "drm", 2, 5.0)
+    assert old.detect_fps == 12.0 and old.target == "/v.mp4"
+    with pytest.raises(FacefleetError, match="set only detect_fps"):
+        parse_component_config({"cameras": [{"id": "c", "source": "rtsp://h/1", "fps_cap": 10, "detect_fps": 5}]})
+    with pytest.raises(FacefleetError, match="hwaccel needs decoder: pyav"):
+        parse_component_config({"cameras": [{"id": "c", "source": "rtsp://h/1", "hwaccel": "drm"}]})

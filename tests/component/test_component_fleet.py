@@ -134,9 +134,11 @@ def test_an_unreadable_erase_list_never_lets_an_erased_name_back_nor_stops_the_c
 def test_a_device_that_reconnected_without_a_restart_still_asks_for_its_jobs(greengrass, assets):
     """The notification is only queued for a persistent session: the device also asks every poll_s."""
     from facefleet.component.jobs import DeviceJobs
+    from facefleet.component.subscriptions import Subscriptions
 
     comp, nucleus = greengrass(base_config(assets), start=False)
-    jobs = DeviceJobs(comp.ipc, "thing-1", lambda doc: "ok", comp._stop, poll_s=0.1).start(comp.subscriptions, lambda f: f)
+    subs = Subscriptions(comp.stream_lost, comp.stopping)  # the Greengrass plane makes these when it starts
+    jobs = DeviceJobs(comp.ipc, "thing-1", lambda doc: "ok", comp.stopping, poll_s=0.1).start(subs, lambda f: f)
     try:
         assert wait_until(lambda: sum(1 for t, _ in nucleus.jobs_messages() if t == "start-next") >= 3, 10)
         nucleus.push_iot_message(JOBS + "start-next/accepted", json.dumps({"execution": {
@@ -144,6 +146,6 @@ def test_a_device_that_reconnected_without_a_restart_still_asks_for_its_jobs(gre
         assert wait_until(lambda: ("j1/update", {"status": "SUCCEEDED", "statusDetails": {"message": "ok"}})
                           in nucleus.jobs_messages(), 10)
     finally:
-        comp._stop.set()
-        comp.subscriptions.close_all()
+        comp.stopping.set()
+        subs.close_all()
     assert jobs.stop.is_set()

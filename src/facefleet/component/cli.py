@@ -13,7 +13,6 @@ import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -146,11 +145,11 @@ def cmd_bench_spool(args) -> int:
 def cmd_bench_swap(args) -> int:
     from facefleet.assets import assets_dir
     from facefleet.component.models import ModelPaths, load_pair
+    from facefleet.component.serving import Serving, ServingSlot
     from facefleet.component.swap import hot_swap
     from facefleet.config import ComponentConfig
     from facefleet.recognition.gallery import Gallery
     from facefleet.recognition.loader import gallery_index, largest_face_crop
-    from facefleet.recognition.pipeline import FacePipeline
     from facefleet.runtime import BackendPool
     from facefleet.sources import read_image
 
@@ -168,18 +167,15 @@ def cmd_bench_swap(args) -> int:
             crop = largest_face_crop(models.detector, read_image(p))
             if crop is not None:
                 gallery.add(p.parent.name, [crop], [p.name])
-        pipeline = FacePipeline(models.detector, models.recognizer, gallery_index(gallery, models.recognizer), cfg)
-        lock = threading.Lock()
+        slot = ServingSlot(Serving(models, gallery_index(gallery, models.recognizer), cfg))
         times = []
         for i in range(args.repeat * 2):
             # a fresh gallery cache each time: the swap re-embeds every crop, as on a device
             for f in (Path(d) / "g" / "cache").glob("*.npz"):
                 f.unlink()
-            res = hot_swap(cfg, paths[(i + 1) % 2], gallery, [pipeline], lock, models, backends)
-            models.close()
-            models = res.models
+            res = hot_swap(cfg, paths[(i + 1) % 2], gallery, slot, backends)  # closes the replaced pair
             times.append(res.ms)
-        models.close()
+        slot.close()
         backends.close()
     crops = sum(len(gallery.info(n)["crops"]) for n in gallery.names())
     _print({"swaps": len(times), "gallery_identities": len(gallery.names()), "gallery_crops": crops,

@@ -32,11 +32,8 @@ def run_fleet_command(comp, cmd) -> tuple[str, dict]:
 def _switch_index(comp, changed: list[str]) -> None:
     from facefleet.recognition.loader import update_index
 
-    index = update_index(comp.gallery, comp.index, changed, comp.models.recognizer)
-    with comp.infer_lock:
-        for w in comp.cameras.values():
-            w.pipeline.set_models(comp.models.detector, comp.models.recognizer, index)
-        comp.index = index
+    # each camera takes the new index at its next frame (component/serving.py)
+    comp.slot.publish(index=update_index(comp.gallery, comp.index, changed, comp.models.recognizer))
 
 
 def erase(comp, name: str) -> str:

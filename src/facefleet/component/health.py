@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from facefleet.events import FaceUsability
-
 log = logging.getLogger(__name__)
-
-
-def face_usability(cameras: dict) -> dict[str, FaceUsability] | None:
-    """Per camera, the frames with no usable face by reason since the last status (counters reset)."""
-    out = {cid: w.pipeline.face_stats.snapshot(reset=True) for cid, w in list(cameras.items())}
-    return out or None
 
 
 def temperature_c(backends) -> float | None:

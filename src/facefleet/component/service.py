@@ -22,7 +22,7 @@ from facefleet.component.devices import DeviceCheck
 from facefleet.component.erasure import ErasedNames
 from facefleet.component.fleetcmds import FLEET_COMMANDS, run_fleet_command
 from facefleet.component.models import ModelPaths, load_pair, model_paths
-from facefleet.component.subscriptions import Subscriptions, describe
+from facefleet.component.serving import Serving, ServingSlot
 from facefleet.component.swap import hot_swap, one_line
 from facefleet.config import IOT_CORE_MAX_PAYLOAD, CameraConfig, ComponentConfig, parse_component_config
 from facefleet.errors import FacefleetError
@@ -47,28 +47,56 @@ def names_that_fit(names: list[str], budget: int) -> list[str]:
 
 
 class Component:
-    """Wire IPC to the pipelines. ``ipc`` is a GreengrassCoreIPCClientV2 (or a test double with
-    the same methods); ``sink`` overrides the IPC event sink (e.g. MQTT outside Greengrass)."""
+    """One component, whatever runs it: ``plane`` is the control plane (planes/greengrass.py over
+    IPC, planes/local.py for ``facefleet run --config``). A GreengrassCoreIPCClientV2 (or a
+    double with its methods) given as ``plane`` is wrapped in the Greengrass plane. ``sink``
+    overrides the plane's event sink; ``opener`` how a camera is opened (benchmarks)."""
 
-    def __init__(self, ipc, work: str | Path, artifacts: str | Path | None = None, thing: str | None = None,
-                 environ: dict | None = None, sink=None, devices: DeviceCheck | None = None):
-        self.ipc = ipc
+    def __init__(self, plane, work: str | Path, artifacts: str | Path | None = None, thing: str | None = None,
+                 environ: dict | None = None, sink=None, devices: DeviceCheck | None = None, opener=None):
+        from facefleet.component.cameras import open_reader
+        from facefleet.component.planes.greengrass import GreengrassPlane
+
+        self.plane = plane if getattr(type(plane), "control_plane", False) else GreengrassPlane(plane)
         self.work = Path(work)
         self.artifacts = Path(artifacts) if artifacts else None
         self.environ = dict(os.environ if environ is None else environ)
         self.thing = thing or self.environ.get("AWS_IOT_THING_NAME") or "local"
         self._sink = sink
-        self.infer_lock = threading.Lock()   # held per frame and for the model switch
+        self._opener = opener or open_reader
         self._apply_lock = threading.Lock()  # one configuration change at a time
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._stop = threading.Event()
+        self._stopped = False
         self.cameras: dict[str, CameraWorker] = {}
+        self.slot: ServingSlot | None = None
+        self.strangers = None  # recognition.strangers.StrangerBook shared by the cameras' pipelines
         self.swaps = 0
         self.last_swap_ms: float | None = None
         self.backends = BackendPool()  # serving, validation and swaps share one device
         self.devices = devices or DeviceCheck()
-        self.subscriptions = Subscriptions(self._stream_lost, self._stop)
+
+    @property
+    def ipc(self):
+        return getattr(self.plane, "ipc", None)
+
+    @property
+    def subscriptions(self):
+        return getattr(self.plane, "subscriptions", None)
+
+    @property
+    def stopping(self) -> threading.Event:
+        return self._stop
+
+    @property
+    def models(self):
+        """The model pair served now (each camera takes it once per frame)."""
+        return self.slot.current.models
+
+    @property
+    def index(self):
+        return self.slot.current.index
 
     # ---- start / stop -------------------------------------------------------------------------
     def start(self) -> Component:
@@ -81,23 +109,23 @@ class Component:
             self.devices.require(self.cfg)
             self.spool = Spool(self._work_path(self.cfg.spool.path), self.cfg.spool.max_events)
             if self._sink is None:
-                from facefleet.transport.ipc import IpcSink
-                self._sink = IpcSink(self.ipc, self.thing, self.cfg.topics.local)
+                self._sink = self.plane.sink(self.cfg, self.thing)
             self.forwarder = Forwarder(self.spool, self._sink, self.cfg.spool.batch).start()
             self.publisher = SpooledPublisher(self.spool, self.cfg.topics.events, self.thing)
             self.spool.on_change = self._spool_changed
             self.paths = model_paths(self.cfg, self.artifacts, self.environ)
-            self.models = load_pair(self.cfg, self.paths, self.backends)
+            models = load_pair(self.cfg, self.paths, self.backends)
+            self.slot = ServingSlot(Serving(models, None, self.cfg))
             self.gallery = Gallery.open(self._work_path(self.cfg.gallery), create=True)
             self.erased = ErasedNames(self._work_path("erased_names.json"))  # fleet erase: never merged again
             try:  # each archive merges all or nothing; a bad one must not keep the cameras down
                 self._merge_archives(self.cfg.gallery_archives)
             except FacefleetError as e:
                 self.error("gallery", one_line(e))
-            self.index = gallery_index(self.gallery, self.models.recognizer)
+            self.slot.publish(index=gallery_index(self.gallery, models.recognizer))
             for cam in self.cfg.cameras:
                 self._start_camera(cam)
-            self._subscribe()
+            self.plane.start(self)
         except Exception as e:
             # ANY start-up failure: one line naming the cause (and the fix where we know it),
             # ERRORED to the nucleus, everything started so far stopped; no traceback.
@@ -105,50 +133,52 @@ class Component:
             log.error("cannot serve: %s", message)
             if getattr(self, "publisher", None) is not None:  # the cause as an error event too (spooled; issue 15.1: the canary's figure)
                 self.error("start", f"cannot serve: {message}")
-            self._report_state("ERRORED")
+            self.plane.report_state("ERRORED")
             self.stop(drain=False)
             raise FacefleetError(message) from None
-        self._report_state("RUNNING")
+        self.plane.report_state("RUNNING")
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
-        log.info("serving %d camera(s); detector %s, recognizer %s, gallery %d", len(self.cameras),
-                 self.models.detector.spec.fingerprint, self.models.recognizer.fingerprint, len(self.index))
+        log.info("serving %d camera(s) over %s; detector %s, recognizer %s, gallery %d identities", len(self.cameras),
+                 self.plane.name, self.models.detector.spec.fingerprint, self.models.recognizer.fingerprint, len(self.index))
         return self
 
-    def stop(self, drain: bool = True) -> None:
+    def stop(self, drain: bool = True, drain_s: float = 5.0) -> None:
+        """Idempotent: a start that failed has stopped already."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
-        self.subscriptions.close_all()
+        self.plane.close()
         for w in list(self.cameras.values()):
             w.stop()
         if hasattr(self, "forwarder"):
-            if drain:
-                self.forwarder.drain(5.0)
+            if drain and not self.forwarder.drain(drain_s):
+                log.warning("%d event(s) stay in the spool %s; they are sent on the next start", self.spool.depth,
+                            self.spool.path)
             self.forwarder.stop()
+            self._sink.close()
             self.spool.close()
-        if hasattr(self, "models"):
-            self.models.close()
+        if self.slot is not None:
+            self.slot.close()
         self.backends.close()
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    def wait(self) -> None:
-        while not self._stop.wait(1.0):
-            pass
+    def wait(self, until=None) -> None:
+        """Until stopped (or ``until()`` is true, checked every 0.2 s)."""
+        while not self._stop.wait(0.2 if until else 1.0):
+            if until is not None and until():
+                return
 
     # ---- helpers --------------------------------------------------------------------------------
     def _work_path(self, p: str) -> Path:
         q = Path(p).expanduser()
         return q if q.is_absolute() else self.work / q
 
-    def _get_configuration(self) -> dict:
-        try:
-            return self.ipc.get_configuration(key_path=[]).value
-        except Exception as e:
-            raise FacefleetError(describe("GetConfiguration", e)) from None
-
     def _read_config(self) -> ComponentConfig:
-        raw = self._get_configuration()
+        raw = self.plane.read_config()
         cfg = parse_component_config(raw, "(component configuration)")
         if "device" not in (raw or {}):
             cfg = cfg.model_copy(update={"device": self.thing})
@@ -156,14 +186,6 @@ class Component:
             log.warning("commands.max_image_bytes %d: enroll images are limited to %d bytes (IoT Core carries 128 KiB "
                         "payloads, the image in base64)", cfg.commands.max_image_bytes, cfg.commands.effective_max_image_bytes)
         return cfg
-
-    def _report_state(self, state: str) -> None:
-        from awsiot.greengrasscoreipc.model import ReportedLifecycleState
-
-        try:
-            self.ipc.update_state(state=getattr(ReportedLifecycleState, state))
-        except Exception as e:
-            log.warning("%s", describe(f"UpdateState {state}", e))
 
     def _spool_changed(self, disk_error: str | None) -> None:
         """The spool's disk refused writes (or takes them again): say so in an error event."""
@@ -174,6 +196,7 @@ class Component:
             log.info("event spool writable again")
 
     def publish(self, event) -> None:
+        self.plane.tap(event)
         self.publisher.publish(event)
 
     def error(self, source: str, message: str) -> None:
@@ -195,35 +218,14 @@ class Component:
         return self._busy > 0
 
     def _start_camera(self, cam: CameraConfig) -> None:
-        from facefleet.recognition.pipeline import FacePipeline
+        if self.strangers is None:
+            from facefleet.recognition.strangers import StrangerBook
 
-        pipeline = FacePipeline(self.models.detector, self.models.recognizer, self.index, self.cfg, camera_id=cam.id)
-        self.cameras[cam.id] = CameraWorker(cam, pipeline, self.infer_lock, self.publish, self.cfg.device).start()
+            self.strangers = StrangerBook(self.cfg.unknowns, 1.0)  # shared (it locks); threshold set per model
+        self.cameras[cam.id] = CameraWorker(cam, self.slot, self.publish, self.cfg.device, opener=self._opener,
+                                            strangers=self.strangers).start()
 
-    # ---- IPC subscriptions ----------------------------------------------------------------------
-    def _subscribe(self) -> None:
-        subs = self.subscriptions
-        subs.open("validate", "SubscribeToValidateConfigurationUpdates", self.ipc.subscribe_to_validate_configuration_updates,
-                  self._guard(self.on_validate))
-        subs.open("config", "SubscribeToConfigurationUpdate",
-                  lambda **h: self.ipc.subscribe_to_configuration_update(key_path=[], **h), self._guard(self.on_config_update))
-        subs.open("component", "SubscribeToComponentUpdates", self.ipc.subscribe_to_component_updates,
-                  self._guard(self.on_component_update))
-        self._subscribe_commands(self.cfg)
-        self._subscribe_jobs()
-
-    # ---- fleet jobs (gallery erase): component/jobs.py -------------------------------------------
-    def _subscribe_jobs(self) -> None:
-        """IoT jobs reach devices that were offline when they were made; without them the command
-        topic still works, so a refusal is an error event, not a failed start."""
-        from facefleet.component.jobs import DeviceJobs
-
-        try:
-            self.jobs = DeviceJobs(self.ipc, self.thing, self.run_job, self._stop).start(self.subscriptions, self._guard)
-        except Exception as e:
-            self.error("jobs", f"IoT jobs not followed (gallery erase reaches this device only on the command topic): "
-                       f"{one_line(e)}")
-
+    # ---- fleet jobs (gallery erase): component/jobs.py; the Greengrass plane subscribes -------------
     def run_job(self, document: dict) -> str:
         """A job document is a command (only the fleet commands); its result is also an event."""
         cmd = parse_command(document, IOT_CORE_MAX_PAYLOAD)
@@ -234,24 +236,20 @@ class Component:
                                         message=message, **extra))
         return message
 
-    def _commands_topic(self, cfg: ComponentConfig) -> str:
+    @property
+    def finished(self) -> bool:
+        """Every camera read a finite source to its end (local runs on files end then)."""
+        return bool(self.cameras) and all(w.finished.is_set() for w in self.cameras.values())
+
+    # ---- control-plane callbacks ------------------------------------------------------------------
+    def commands_topic(self, cfg: ComponentConfig) -> str:
         return cfg.topics.commands.replace("{thing}", self.thing)
 
-    def _subscribe_commands(self, cfg: ComponentConfig) -> None:
-        """(Re-)subscribe the command topic: the new stream is opened before the old one closes."""
-        from awsiot.greengrasscoreipc.model import QOS
-
-        topic = self._commands_topic(cfg)
-        self.subscriptions.open("commands", f"SubscribeToIoTCore {topic}",
-                                lambda **h: self.ipc.subscribe_to_iot_core(topic_name=topic, qos=QOS.AT_LEAST_ONCE, **h),
-                                self._guard(self.on_command))
-        log.info("commands on %s", topic)
-
-    def _stream_lost(self, name: str, message: str) -> None:
+    def stream_lost(self, name: str, message: str) -> None:
         self.error("ipc", f"{name}: {message}")
 
-    def _guard(self, fn):
-        """IPC callbacks run on the SDK's thread pool: an exception there must not vanish silently."""
+    def guard(self, fn):
+        """Control-plane callbacks run on a client's threads: an exception there must not vanish."""
         def call(event):
             try:
                 fn(event)
@@ -282,22 +280,7 @@ class Component:
             return True, f"configuration accepted; unknown keys ignored: {', '.join(ignored)}"
         return True, "configuration accepted"
 
-    def on_validate(self, event) -> None:
-        from awsiot.greengrasscoreipc.model import ConfigurationValidityReport, ConfigurationValidityStatus
-
-        ev = event.validate_configuration_update_event
-        ok, message = self.validate(ev.configuration)
-        log.info("proposed configuration for deployment %s: %s (%s)", ev.deployment_id, "ACCEPTED" if ok else "REJECTED", message)
-        status = ConfigurationValidityStatus.ACCEPTED if ok else ConfigurationValidityStatus.REJECTED
-        self.ipc.send_configuration_validity_report(configuration_validity_report=ConfigurationValidityReport(
-            status=status, deployment_id=ev.deployment_id, message=message))
-
     # ---- live configuration -----------------------------------------------------------------------
-    def on_config_update(self, event) -> None:
-        log.info("configuration changed at %s", event.configuration_update_event.key_path)
-        raw = self.ipc.get_configuration(key_path=[]).value
-        self.apply(raw)
-
     def apply(self, raw) -> bool:
         """Apply a configuration live; on any failure keep serving as before and emit an error."""
         with self._apply_lock, self.busy():
@@ -312,16 +295,13 @@ class Component:
             if paths != self.paths or cfg.models != self.cfg.models or cfg.detection != self.cfg.detection:
                 if not self.swap(cfg, paths):
                     return False
-            else:
-                with self.infer_lock:
-                    for w in self.cameras.values():
-                        w.pipeline.cfg = cfg
-                        w.pipeline.set_models(self.models.detector, self.models.recognizer, self.index)
-            if self._commands_topic(cfg) != self._commands_topic(self.cfg):
+            else:  # each camera takes the new configuration between two of its frames
+                self.slot.publish(cfg=cfg)
+            if self.commands_topic(cfg) != self.commands_topic(self.cfg):
                 try:
-                    self._subscribe_commands(cfg)
+                    self.plane.commands_changed(self, cfg)
                 except FacefleetError as e:  # the old subscription stays open
-                    self.error("ipc", f"command topic not changed: {e}")
+                    self.error(self.plane.name, f"command topic not changed: {e}")
                     cfg = cfg.model_copy(update={"topics": cfg.topics.model_copy(update={"commands": self.cfg.topics.commands})})
             if cfg.gallery_archives != self.cfg.gallery_archives:
                 try:
@@ -364,11 +344,7 @@ class Component:
         """Re-embed the gallery (new crops) with the serving recognizer; switch between frames."""
         from facefleet.recognition.loader import gallery_index
 
-        index = gallery_index(self.gallery, self.models.recognizer)
-        with self.infer_lock:
-            self.index = index
-            for w in self.cameras.values():
-                w.pipeline.set_models(self.models.detector, self.models.recognizer, index)
+        self.slot.publish(index=gallery_index(self.gallery, self.models.recognizer))
 
     def _apply_cameras(self, old: ComponentConfig, new: ComponentConfig) -> None:
         """Unchanged cameras keep running; removed ones stop; new or changed ones start."""
@@ -384,35 +360,20 @@ class Component:
     def swap(self, cfg: ComponentConfig, paths: ModelPaths) -> bool:
         """Atomic hot swap (see swap.hot_swap). On failure the old models keep serving."""
         try:
-            res = hot_swap(cfg, paths, self.gallery, [w.pipeline for w in self.cameras.values()], self.infer_lock, self.models,
-                           self.backends)
+            res = hot_swap(cfg, paths, self.gallery, self.slot, self.backends)
         except Exception as e:
             self.error("model", f"model swap failed, keeping the serving models: {one_line(e)}")
             return False
-        old = self.models
-        self.models, self.index, self.paths = res.models, res.index, paths
+        self.paths = paths
         self.swaps += 1
         self.last_swap_ms = res.ms
         for ev in res.events:
             self.publish(ev)
-        old.close()
         return True
 
-    # ---- component updates ------------------------------------------------------------------------
-    def on_component_update(self, event) -> None:
-        pre = event.pre_update_event
-        if pre is None:
-            return
-        if self.is_busy:
-            log.info("deferring component update %s: a model swap or enrollment is running", pre.deployment_id)
-            self.ipc.defer_component_update(deployment_id=pre.deployment_id, message="model swap or enrollment in progress",
-                                            recheck_after_ms=5000)
-        else:
-            self.ipc.defer_component_update(deployment_id=pre.deployment_id, message="ready", recheck_after_ms=0)
-
     # ---- commands ---------------------------------------------------------------------------------
-    def on_command(self, event) -> None:
-        payload = event.message.payload
+    def on_command(self, payload: bytes) -> None:
+        """A command payload from the control plane's command topic (IoT Core or local MQTT)."""
         limit = IOT_CORE_MAX_PAYLOAD  # nothing larger can come through IoT Core
         try:
             cmd = parse_command(payload, limit)
@@ -452,8 +413,8 @@ class Component:
             name = validate_name(cmd.name)
             if isinstance(cmd, Enroll):
                 image = decode_image(cmd, self.cfg.commands.effective_max_image_bytes, self.cfg.commands.max_image_pixels)
-                # Its own Detector (own buffers) on the shared, thread-safe model: NOT under
-                # infer_lock, so the cameras keep processing while an enroll detects.
+                # Its own Detector (own buffers) on the shared, thread-safe model: the cameras
+                # keep processing while an enroll detects.
                 crop = largest_face_crop(self.models.detector.fork(), image)
                 del image
                 if crop is None:
@@ -467,27 +428,27 @@ class Component:
                 self.gallery.remove(name)
                 message = f"{name} removed"
             index = update_index(self.gallery, self.index, [name], self.models.recognizer)  # only this identity
-            with self.infer_lock:
-                for w in self.cameras.values():
-                    w.pipeline.set_models(self.models.detector, self.models.recognizer, index)
-                self.index = index
+            self.slot.publish(index=index)  # each camera switches between two of its frames
         return message, None
 
     # ---- status -------------------------------------------------------------------------------------
     def status(self, last: dict[str, tuple[int, float]]) -> StatusEvent:
         now = time.monotonic()
-        fps, stage_ms = {}, {}
+        fps, stage_ms, cameras, usability = {}, {}, {}, {}
         for cid, w in list(self.cameras.items()):
             f0, t0 = last.get(cid, (0, now))
             fps[cid] = round((w.frames - f0) / (now - t0), 2) if now > t0 else 0.0
             last[cid] = (w.frames, now)
+            cameras[cid] = w.stats.report()
+            usability[cid] = w.pipeline.face_stats.snapshot(reset=True)
             for k, v in w.pipeline.clock.mean_ms().items():
                 stage_ms[f"{cid}.{k}"] = round(v, 3)
-        from facefleet.component.health import face_usability, temperature_c
+        from facefleet.component.health import temperature_c
 
-        return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms,
-                           face_usability=face_usability(self.cameras), temperature_c=temperature_c(self.backends),
-                           models=Models(detector=self.models.detector.spec.fingerprint, recognizer=self.models.recognizer.fingerprint),
+        models = self.models
+        return StatusEvent(device=self.cfg.device, fps=fps, stage_ms=stage_ms, cameras=cameras, face_usability=usability,
+                           temperature_c=temperature_c(self.backends),
+                           models=Models(detector=models.detector.spec.fingerprint, recognizer=models.recognizer.fingerprint),
                            gallery_identities=len(self.index), spool_depth=self.spool.depth, dropped=self.spool.dropped,
                            dead_letter=self.spool.dead_letters,
                            spool_error=self.spool.disk_error, held_in_memory=self.spool.held_in_memory,

@@ -1,5 +1,5 @@
-"""The validated hot model swap, shared by the Greengrass component and local mode
-(``facefleet run --config FILE.yaml``, which watches the file)."""
+"""The validated hot model swap of the component (whatever its control plane), and the file
+watcher of local mode (``facefleet run --config FILE.yaml``)."""
 
 from __future__ import annotations
 
@@ -35,24 +35,22 @@ class SwapResult:
     events: list[ModelChangedEvent]
 
 
-def hot_swap(cfg: ComponentConfig, paths: ModelPaths, gallery, pipelines: list, lock: threading.Lock, old_models,
-             backends: BackendPool) -> SwapResult:
+def hot_swap(cfg: ComponentConfig, paths: ModelPaths, gallery, slot, backends: BackendPool) -> SwapResult:
     """Load beside the serving models (the constructors self-test), re-embed the gallery from
-    its crops, then switch every pipeline between two frames. Raises, with nothing changed, on
-    any failure before the switch; the caller closes nothing but ``old_models`` afterwards."""
+    its crops, then publish the new pair in ``slot`` (a ServingSlot): each camera switches between
+    two of its frames, and the old pair is closed once the last frame on it is done. Raises, with
+    nothing changed, on any failure before the switch."""
     from facefleet.recognition.loader import gallery_index
 
     t0 = time.perf_counter()
+    old_models = slot.current.models
     pair = load_pair(cfg, paths, backends)
     try:
         index = gallery_index(gallery, pair.recognizer)
     except Exception:
         pair.close()
         raise
-    with lock:
-        for p in pipelines:
-            p.cfg = cfg
-            p.set_models(pair.detector, pair.recognizer, index)
+    slot.publish(models=pair, index=index, cfg=cfg)
     ms = (time.perf_counter() - t0) * 1000
     events = []
     for role, o, n in (("detector", old_models.detector.spec.fingerprint, pair.detector.spec.fingerprint),
@@ -63,13 +61,20 @@ def hot_swap(cfg: ComponentConfig, paths: ModelPaths, gallery, pipelines: list, 
     return SwapResult(pair, index, ms, events)
 
 
+def _load_component_config(path: Path) -> ComponentConfig:
+    from facefleet.config import load_config
+
+    return load_config(path, ComponentConfig)
+
+
 class FileWatcher:
     """Local mode: poll a YAML file; on a change, parse it with the component schema and hand it
     to ``apply``. A file that does not parse is reported and the pipeline keeps its configuration."""
 
     def __init__(self, path: str | Path, apply: Callable[[ComponentConfig], None], on_error: Callable[[str], None],
-                 interval_s: float = 1.0, settle_s: float = 0.3):
+                 interval_s: float = 1.0, settle_s: float = 0.3, load: Callable[[Path], object] | None = None):
         self.path, self.apply, self.on_error, self.interval_s = Path(path), apply, on_error, interval_s
+        self.load = load or _load_component_config  # what ``apply`` is handed
         self.settle_s = settle_s
         self._stamp = self._stat()
         self._stop = threading.Event()
@@ -98,15 +103,13 @@ class FileWatcher:
 
     def check(self) -> bool:
         """One poll; True if the file changed (and was handed on or reported)."""
-        from facefleet.config import load_config
-
         stamp = self._stat()
         if stamp == self._stamp or stamp is None:
             return False
         stamp = self._settled(stamp)  # a file still being written is not applied half-written
         self._stamp = stamp
         try:
-            cfg = load_config(self.path, ComponentConfig)
+            cfg = self.load(self.path)
         except Exception as e:
             self.on_error(one_line(e))
             return True

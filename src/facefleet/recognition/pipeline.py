@@ -151,7 +151,7 @@ class FacePipeline:
                 continue
             stranger = None
             if t.decision == "unknown" and self.cfg.unknowns.cluster and (v := t.aggregated()) is not None:
-                stranger = self.strangers.observe(v, self.camera_id, t.best_crop)
+                stranger = self.strangers.observe(v, self.camera_id, t.best_crop, self.recognizer.fingerprint)
             events.append(self._event(t, frame, stranger))
         return events
 

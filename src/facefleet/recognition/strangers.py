@@ -96,11 +96,19 @@ class StrangerBook:
                 self._clusters.clear()
                 self.fingerprint = fingerprint
 
-    def observe(self, embedding: np.ndarray, camera_id: str = "", crop: np.ndarray | None = None) -> Stranger:
-        """One unknown sighting (a track's aggregated unit embedding). Returns its cluster."""
+    def observe(self, embedding: np.ndarray, camera_id: str = "", crop: np.ndarray | None = None,
+                fingerprint: str | None = None) -> Stranger:
+        """One unknown sighting (a track's aggregated unit embedding). Returns its cluster.
+
+        ``fingerprint`` names the recognizer that made the embedding. Cameras sharing a book switch
+        models one frame apart during a swap: a sighting from another space than the book's is
+        not clustered (it gets a one-off id) instead of being compared with centroids it cannot match."""
         v = np.asarray(embedding, np.float32).ravel()
         v = v / max(float(np.linalg.norm(v)), 1e-12)
         with self._lock:
+            if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
+                now = datetime.now(UTC)
+                return Stranger(self._new_id(), v.copy(), first_seen=now, last_seen=now)
             best, best_sim = None, -2.0
             if self._clusters:
                 ids = list(self._clusters)

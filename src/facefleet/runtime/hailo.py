@@ -227,6 +227,10 @@ _NOT_COMPATIBLE = ("is not compatible with this Hailo device (compiled for anoth
                    "Hailo-8L, or by a Dataflow Compiler newer than this HailoRT)")
 
 
+class _Late(Exception):
+    """A job did not answer in time (it may still write into its buffers)."""
+
+
 class _Configured:
     """One HEF on the device: its InferModel, configured once, shared by every camera that loads it.
 
@@ -256,16 +260,29 @@ class _Configured:
                 configured.__exit__(None, None, None)
 
 
+class _Buffers:
+    """One job's preallocated input and output arrays (a batch)."""
+
+    def __init__(self, cfg: _Configured):
+        io = cfg.io
+        self.inputs = np.zeros((cfg.batch, *io.input_shape), np.uint8)
+        self.outputs = {n: np.zeros((cfg.batch, *s), np.float32) for n, s in io.outputs.items()}
+
+
 class HailoModel:
     """A spec'd HEF on the shared VDevice, behind the ``LoadedModel`` protocol.
 
-    Each loaded model (one per camera) has its own input/output buffers, allocated once and
-    reused: cameras sharing a configured HEF never write into each other's arrays, and their
-    requests simply queue on the device. Bindings are made per call: HailoRT 4.18.0 copies them
-    shallowly (infer_model_api.hpp v4.18.0:133), so a reused Bindings points at a buffer freed
-    after its first run (infer_model_api.cpp v4.18.0:270-299); Hailo's 4.18 examples make them
-    per frame too. After a timeout the job still runs and will write into its buffers: this model
-    then takes fresh ones, so a late write never lands in the next frame's results.
+    Several cameras call ``run`` at once from their own threads: each call takes a free set of
+    preallocated buffers, converts its images on the host, submits an async job and waits for it
+    with no lock held, so the device works on one camera's frame while the host pre/post-processes
+    another's (the VDevice's ROUND_ROBIN scheduler interleaves the models). At most
+    ``max_in_flight`` calls per model are in flight (a semaphore: bounded buffers, bounded queue);
+    the device queue itself is waited for with ``wait_for_async_ready``. Results are copied out
+    of the buffers, which go back to the pool for the next call. Bindings are made per call:
+    HailoRT 4.18.0 copies them shallowly (infer_model_api.hpp v4.18.0:133), so a reused Bindings
+    points at a buffer freed after its first run (infer_model_api.cpp v4.18.0:270-299); Hailo's
+    4.18 examples make them per frame too. After a timeout the job still runs and will write into
+    its buffers: they are dropped from the pool, so a late write never lands in another result.
     """
 
     def __init__(self, spec: ModelSpec, backend: HailoBackend, cfg: _Configured):
@@ -276,14 +293,12 @@ class HailoModel:
         self.calls = 0
         self.timeouts = 0
         self._rgb = spec.input.color == "RGB"
-        self._lock = threading.Lock()
-        self._alloc()
-
-    def _alloc(self) -> None:
-        cfg = self._cfg
-        io = cfg.io
-        self._inputs = np.zeros((cfg.batch, *io.input_shape), np.uint8)
-        self._outputs = {n: np.zeros((cfg.batch, *s), np.float32) for n, s in io.outputs.items()}
+        self.max_in_flight = backend.max_in_flight
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._free: list[_Buffers] = []
+        self._lock = threading.Lock()  # the free list and the counters, never held during a job
+        self.in_flight = 0
+        self.peak_in_flight = 0
 
     def input_size(self) -> tuple[int | None, int | None]:
         h, w = self._cfg.io.input_shape[:2] if self._cfg else (self.spec.input.height, self.spec.input.width)
@@ -291,7 +306,7 @@ class HailoModel:
 
     @property
     def output_names(self) -> list[str]:
-        return list(self._outputs)
+        return list(self._cfg.io.outputs) if self._cfg else []
 
     def _to_input(self, images: np.ndarray, dst: np.ndarray) -> None:
         """BGR -> the HEF's colour order, once, into the preallocated buffer (no per-frame allocation)."""
@@ -301,11 +316,20 @@ class HailoModel:
         else:
             np.copyto(dst, images)
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 ``[n,h,w,3]`` BGR -> FLOAT32 outputs ``[n, *shape]`` by name.
+    def _take(self, cfg: _Configured) -> _Buffers:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            return self._free.pop() if self._free else _Buffers(cfg)
 
-        The arrays returned are this model's reusable buffers: valid until its next run.
-        """
+    def _give(self, buf: _Buffers | None) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            if buf is not None:
+                self._free.append(buf)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 ``[n,h,w,3]`` BGR -> FLOAT32 outputs ``[n, *shape]`` by name (arrays of their own)."""
         cfg = self._cfg
         if cfg is None:
             raise FacefleetError(f"model {self.spec.name} is closed")
@@ -316,29 +340,34 @@ class HailoModel:
         self._backend._check_owner()
         n = len(images)
         _, ph = _import()
-        with self._lock:
-            if n <= cfg.batch:
-                self._to_input(images, self._inputs[:n])
-                self._run_batch(cfg, n, ph)
-                return {name: buf[:n] for name, buf in self._outputs.items()}
-            # more faces than one batch: keep each chunk's results before the buffers are reused
-            result = {name: np.empty((n, *buf.shape[1:]), np.float32) for name, buf in self._outputs.items()}
-            for start in range(0, n, cfg.batch):
-                k = min(cfg.batch, n - start)
-                self._to_input(images[start:start + k], self._inputs[:k])
-                self._run_batch(cfg, k, ph)
-                for name, buf in self._outputs.items():
-                    result[name][start:start + k] = buf[:k]
+        with self._slots:  # bounded in-flight work per model
+            buf: _Buffers | None = self._take(cfg)
+            try:
+                result = {name: np.empty((n, *b.shape[1:]), np.float32) for name, b in buf.outputs.items()}
+                for start in range(0, n, cfg.batch):
+                    k = min(cfg.batch, n - start)
+                    self._to_input(images[start:start + k], buf.inputs[:k])
+                    try:
+                        self._run_batch(cfg, buf, k, ph)
+                    except _Late:
+                        buf = None  # a timed-out job may still write into these buffers
+                        raise FacefleetError(f"model {self.spec.name}: the Hailo device did not answer within "
+                                             f"{cfg.timeout_ms} ms") from None
+                    for name, b in buf.outputs.items():
+                        result[name][start:start + k] = b[:k]
+            finally:
+                self._give(buf)
         return result
 
-    def _bindings(self, configured, k: int) -> list:
+    def _bindings(self, configured, buf: _Buffers, k: int) -> list:
         io = self._cfg.io
-        return [configured.create_bindings(input_buffers={io.input_name: self._inputs[i]},
-                                           output_buffers={n: buf[i] for n, buf in self._outputs.items()})
+        return [configured.create_bindings(input_buffers={io.input_name: buf.inputs[i]},
+                                           output_buffers={n: b[i] for n, b in buf.outputs.items()})
                 for i in range(k)]
 
-    def _attempt(self, cfg: _Configured, k: int) -> BaseException | None:
-        """One job on the device: None when it worked, else the HailoRT error (timeouts raise)."""
+    def _attempt(self, cfg: _Configured, buf: _Buffers, k: int) -> BaseException | None:
+        """One job on the device: None when it worked, else the HailoRT error (timeouts raise).
+        Only the submission is serialized (the device queue is shared); the wait is not."""
         failures: list = []
 
         def done(completion_info) -> None:
@@ -351,26 +380,25 @@ class HailoModel:
                 raise FacefleetError(f"model {self.spec.name} is closed")
             generation = cfg.generation
             configured.wait_for_async_ready(timeout_ms=cfg.timeout_ms, frames_count=k)
-            job = configured.run_async(self._bindings(configured, k), done)
+            job = configured.run_async(self._bindings(configured, buf, k), done)
         job.wait(cfg.timeout_ms)
         if failures:
             failures[0].generation = generation  # type: ignore[attr-defined]
             return failures[0]
         return None
 
-    def _run_batch(self, cfg: _Configured, k: int, ph) -> None:
+    def _run_batch(self, cfg: _Configured, buf: _Buffers, k: int, ph) -> None:
         t0 = time.perf_counter()
         try:
             for attempt in range(self._backend.retries + 1):
                 generation = cfg.generation
                 try:
-                    error = self._attempt(cfg, k)
+                    error = self._attempt(cfg, buf, k)
                 except ph.HailoRTTimeout:
-                    self.timeouts += 1
-                    self._alloc()  # the job may still complete and write into the old buffers
+                    with self._lock:
+                        self.timeouts += 1
                     self._backend._event("hailo_timeout", self.spec.name, f"no answer within {cfg.timeout_ms} ms")
-                    raise FacefleetError(f"model {self.spec.name}: the Hailo device did not answer within "
-                                         f"{cfg.timeout_ms} ms") from None
+                    raise _Late() from None
                 except ph.HailoRTException as e:
                     error = e
                 if error is None:
@@ -382,8 +410,9 @@ class HailoModel:
             raise FacefleetError(f"model {self.spec.name}: inference failed on the Hailo device "
                                  f"({self._backend.retries + 1} attempts): {_one_line(error)}")
         finally:
-            self.infer_seconds += time.perf_counter() - t0
-            self.calls += 1
+            with self._lock:
+                self.infer_seconds += time.perf_counter() - t0
+                self.calls += 1
 
     def close(self) -> None:
         if self._cfg is not None:
@@ -400,15 +429,17 @@ class HailoBackend:
     processes (the component and ``facefleet gallery add``/``bench``) share the chip (default:
     env ``FACEFLEET_HAILO_MULTI_PROCESS=1``); ``retries``: re-configurations tried per failed
     call; ``on_event``: called with a dict for every device error, recovery and timeout (the
-    component turns them into error events).
+    component turns them into error events); ``max_in_flight``: calls per model in flight at once
+    (cameras overlap host and device work up to this bound).
     """
 
     name = "hailo"
 
     def __init__(self, max_batch: int = 8, timeout_ms: int = DEFAULT_TIMEOUT_MS, group_id: str | None = None,
                  multi_process_service: bool | None = None, retries: int = 1,
-                 on_event: Callable[[dict], None] | None = None):
+                 on_event: Callable[[dict], None] | None = None, max_in_flight: int = 4):
         self._max_batch = max_batch
+        self.max_in_flight = max(1, max_in_flight)
         self._timeout_ms = timeout_ms
         self._group_id = group_id
         if multi_process_service is None:

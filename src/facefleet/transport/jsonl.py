@@ -37,7 +37,11 @@ class JsonlSink:
             os.write(self._fd, b"\n")
 
     def publish(self, event) -> None:
-        line = to_json(event) + "\n"
+        self.write_line(to_json(event))
+
+    def write_line(self, payload: str | bytes) -> None:
+        """One event already serialized (a spooled payload)."""
+        line = (payload.decode("utf-8") if isinstance(payload, bytes) else payload) + "\n"
         if not self._own:
             self._f.write(line)
             self._f.flush()

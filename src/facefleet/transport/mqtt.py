@@ -32,6 +32,8 @@ class MqttSink:
                 opts.override_default_trust_store_from_path(None, ca)
             tls_ctx = io.ClientTlsContext(opts)
         self.connected = threading.Event()
+        self._topics: dict[str, object] = {}  # topic -> callback(payload: bytes): re-subscribed on each connection
+        self._topics_lock = threading.Lock()
         self.ack_timeout_s = ack_timeout_s
         # The client's own deadline is the longest we ever wait: a slow PUBACK still confirms.
         self.inflight = InFlight(min_timeout_s=ack_timeout_s, max_timeout_s=max_ack_timeout_s)
@@ -40,12 +42,59 @@ class MqttSink:
             connect_options=mqtt5.ConnectPacket(client_id=client_id or f"facefleet-{uuid.uuid4().hex[:12]}", keep_alive_interval_sec=30),
             offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
             min_reconnect_delay_ms=200, max_reconnect_delay_ms=2000, ack_timeout_sec=max_ack_timeout_s,
-            on_lifecycle_event_connection_success_fn=lambda _d: self._set(True),
+            on_lifecycle_event_connection_success_fn=self._connected,
+            on_publish_callback_fn=self._on_publish,
             on_lifecycle_event_disconnection_fn=lambda _d: self._set(False),
             on_lifecycle_event_connection_failure_fn=lambda _d: self._set(False),
         )
         self._client = mqtt5.Client(options)
         self._client.start()
+
+    def _connected(self, _data) -> None:
+        with self._topics_lock:
+            topics = list(self._topics)
+        for t in topics:  # a clean session forgets subscriptions: subscribe again
+            self._subscribe(t)
+        self._set(True)
+
+    def _subscribe(self, topic: str):
+        mqtt5 = self._mqtt5
+        return self._client.subscribe(mqtt5.SubscribePacket(subscriptions=[
+            mqtt5.Subscription(topic_filter=topic, qos=mqtt5.QoS.AT_LEAST_ONCE)]))
+
+    def subscribe(self, topic: str, on_message, timeout_s: float = 10.0) -> bool:
+        """Messages on ``topic`` (exact name) to ``on_message(payload)``, on awscrt's thread: keep it short.
+
+        Waits (at most ``timeout_s``) for the broker's SUBACK, so a caller that says "listening"
+        is: True once the broker granted it. Otherwise the topic is subscribed on (re)connection."""
+        with self._topics_lock:
+            self._topics[topic] = on_message
+        if not self.connected.wait(timeout_s):
+            return False
+        try:
+            codes = self._subscribe(topic).result(timeout_s).reason_codes or []
+        except Exception as e:  # dropped or timed out: the next connection subscribes it
+            log.debug("subscribe %s: %s", topic, e)
+            return False
+        return bool(codes) and all(int(c) < 0x80 for c in codes)  # MQTT 5.0 3.9.3: >= 0x80 refuses
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._topics_lock:
+            self._topics.pop(topic, None)
+        try:
+            self._client.unsubscribe(self._mqtt5.UnsubscribePacket(topic_filters=[topic]))
+        except Exception as e:  # not connected: the next connection does not subscribe it
+            log.debug("unsubscribe %s: %s", topic, e)
+
+    def _on_publish(self, data) -> None:
+        packet = data.publish_packet
+        with self._topics_lock:
+            callback = self._topics.get(packet.topic)
+        if callback is not None:
+            try:
+                callback(bytes(packet.payload or b""))
+            except Exception as e:  # never into awscrt's thread
+                log.warning("message on %s: %s", packet.topic, e)
 
     def _set(self, up: bool) -> None:
         if up != self.connected.is_set():
