@@ -97,3 +97,26 @@ def cli_env(assets) -> dict:
     env["FACEFLEET_ASSETS"] = str(assets)
     env.pop("FACEFLEET_DEBUG", None)
     return env
+
+
+# ---- a real mosquitto on loopback (component and fault tests) --------------------------------------
+@pytest.fixture
+def broker(tmp_path):
+    from component.broker import Broker, mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed: run ./scripts/test (it installs the Debian package)")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def collector(broker):
+    from component.broker import Collector
+
+    c = Collector(broker.port)
+    assert c.subscribed.wait(10), "collector did not subscribe"
+    yield c
+    c.close()

@@ -114,8 +114,11 @@ def test_access_control_works_on_a_default_nucleus_and_is_least_privilege(recipe
                 assert op != "*"
                 ops.setdefault(op, []).extend(pol["resources"])
     assert set(ops) == {"aws.greengrass#PublishToIoTCore", "aws.greengrass#SubscribeToIoTCore", "aws.greengrass#PublishToTopic"}
+    # facefleet/ topics, plus exactly the IoT Jobs topics a device uses to follow fleet commands (gallery erase)
+    jobs = {"$aws/things/+/jobs/notify-next", "$aws/things/+/jobs/start-next", "$aws/things/+/jobs/start-next/accepted",
+            "$aws/things/+/jobs/+/update"}
     for resources in ops.values():
-        assert all(r.startswith("facefleet/") and "{iot:" not in r and "#" not in r for r in resources), resources
+        assert all((r.startswith("facefleet/") or r in jobs) and "{iot:" not in r and "#" not in r for r in resources), resources
     for thing in ("pi-7", "thing-1"):
         events = default["topics"]["events"].replace("{thing}", thing)
         for kind in ("match", "status", "error", "model_changed", "command_result"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,11 @@ class Broker:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         conf = folder / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        # mosquitto started as root drops to the 'mosquitto' user (mosquitto.conf(5) 'user'), which cannot
+        # write pytest's 0700 folders: its persistent sessions would be lost at every restart, and a
+        # subscriber would miss what arrives before it subscribes again. This loopback test broker keeps root.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                         f"persistence_location {folder}/\nmax_queued_messages 100000\nmax_inflight_messages 0\nset_tcp_nodelay true\n")
         self.conf = conf
 

@@ -8,26 +8,6 @@ import pytest
 from facefleet.component.service import Component
 from greengrass.nucleus import Nucleus
 
-from .broker import Broker, Collector, mosquitto_binary
-
-
-@pytest.fixture
-def broker(tmp_path):
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: run ./scripts/test (it installs the Debian package)")
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def collector(broker):
-    c = Collector(broker.port)
-    assert c.subscribed.wait(10), "collector did not subscribe"
-    yield c
-    c.close()
-
 
 @pytest.fixture
 def greengrass(tmp_path, assets, monkeypatch):

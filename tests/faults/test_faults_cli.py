@@ -188,7 +188,8 @@ def test_sha256_pins_are_checked_at_start(tmp_path, gallery, face_jpg, command, 
     else:
         rc, _, err = run_cli("gallery", "add", "--gallery", tmp_path / "g2", "--name", "x", "--config", cfg, face_jpg)
     assert_one_line_error(rc, err, f"does not match models.{role}_sha256")
-    assert not (tmp_path / "e.jsonl").exists() or (tmp_path / "e.jsonl").read_text() == ""
+    events = (tmp_path / "e.jsonl").read_text().splitlines() if (tmp_path / "e.jsonl").exists() else []
+    assert [json.loads(e)["type"] for e in events] in ([], ["error"])  # at most the start failure, nothing served
 
 
 # ---- Low 19: arguments ----------------------------------------------------------------------------

@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 from facefleet.events import ErrorEvent
 from facefleet.transport.mqtt import MqttSink
 from facefleet.transport.spool import Forwarder, Spool, SpooledPublisher
 
 from .slowlink import SlowLink
 
-
-@pytest.fixture
-def broker(tmp_path):
-    from component.broker import Broker, mosquitto_binary
-
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: run ./scripts/test (it installs the Debian package)")
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def collector(broker):
-    from component.broker import Collector
-
-    c = Collector(broker.port)
-    assert c.subscribed.wait(10)
-    yield c
-    c.close()
-
+# broker and collector: tests/conftest.py
 
 def test_puback_slower_than_the_ack_timeout_still_delivers_without_duplicates(tmp_path, broker, collector):
     """PUBACKs take 2 s, the configured ack timeout is 1 s: the old fixed deadline confirmed none
