@@ -189,3 +189,16 @@ def test_a_sighting_from_another_recognizer_space_is_not_clustered():
     assert late.unknown_id != first.unknown_id and len(book) == 1
     again = book.observe(np.ones(128, np.float32), "a", fingerprint="new-128")
     assert again.unknown_id == first.unknown_id and again.count == 2
+
+
+def test_poor_sightings_are_not_clustered_into_one_stranger(tmp_path, people, rec, load_detector, assets):
+    """Low-quality faces embed close to one another whoever they are: in the Hamilton clip eight
+    different small, blurred unknowns all joined one stranger. Below ``unknowns.min_quality`` of
+    the model's pre_norm_ref a track gets no unknown_id; good sightings still cluster."""
+    p = _pipeline(_gallery(tmp_path, people, ["id00", "id07"]), rec, load_detector, min_quality=10.0)  # nothing is good enough
+    seen = _run(p, assets, "id04")
+    assert len(seen) == 5 and all(e.decision == "unknown" and e.unknown_id is None for e in seen)
+    assert len(p.strangers) == 0
+    p = _pipeline(_gallery(tmp_path / "b", people, ["id00", "id07"]), rec, load_detector)  # the default gate
+    seen = _run(p, assets, "id04")
+    assert all(e.quality.pre_norm >= 0.75 * rec.rec.pre_norm_ref for e in seen) and len({e.unknown_id for e in seen}) == 1

@@ -150,10 +150,15 @@ class FacePipeline:
                 self.face_stats.ignored()  # a negative anchor (poster, TV, neighbour): decided, never announced
                 continue
             stranger = None
-            if t.decision == "unknown" and self.cfg.unknowns.cluster and (v := t.aggregated()) is not None:
+            if t.decision == "unknown" and self._clusterable(t) and (v := t.aggregated()) is not None:
                 stranger = self.strangers.observe(v, self.camera_id, t.best_crop, self.recognizer.fingerprint)
             events.append(self._event(t, frame, stranger))
         return events
+
+    def _clusterable(self, t: Track) -> bool:
+        """Only sightings good enough to tell strangers apart join the stranger book."""
+        u = self.cfg.unknowns
+        return u.cluster and t.best_pre_norm is not None and t.best_pre_norm >= u.min_quality * self.recognizer.rec.pre_norm_ref
 
     def _assigned_matches(self, tracker: Tracker, ready: list[Track], frame_index: int) -> dict[int, Match]:
         with_ev = [(t, v) for t in ready if (v := t.aggregated()) is not None]

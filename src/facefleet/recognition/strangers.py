@@ -42,6 +42,10 @@ class UnknownsConfig(BaseModel):
                               "forgotten first (memory: one embedding per stranger, plus crops if kept)")
     join_threshold: float | None = Field(None, ge=-1, le=1, description="cosine to a stranger's centroid to count as the same "
                                          "stranger (null: the match threshold)")
+    min_quality: float = Field(0.75, ge=0, le=10, description="a track is clustered only if its best pre_norm reaches this "
+                               "fraction of the recognizer's pre_norm_ref (ModelSpec): blurred, tiny or side-on faces embed "
+                               "close to one another whoever they are, and would merge different strangers into one id; "
+                               "below it an unknown event carries no unknown_id")
     keep_crops: bool = Field(False, description="keep the best aligned face crop of each sighting (in memory, PNG) so a "
                              "stranger can be promoted to a named identity or to ignore; off: no image is kept")
     max_crops: int = Field(3, ge=1, le=32, description="crops kept per stranger at most (the newest replace the oldest)")
