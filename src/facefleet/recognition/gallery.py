@@ -23,6 +23,7 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,31 +239,30 @@ class Gallery:
         return np.stack(crops)
 
     # ---- all-or-nothing changes ------------------------------------------------------------
-    def _transaction(self):
-        """Snapshot for rollback: on any failure (a full disk, a bad entry) memory, gallery.json
-        and the crops folder are as before. Returns (restore, new_files)."""
+    @contextmanager
+    def _all_or_nothing(self, failure: str):
+        """One change: on any failure (a full disk, a bad entry) memory, gallery.json and the
+        crops folder are as before; a disk error becomes one line, ``failure: reason``. Yields
+        the list the change appends its new crop files to, and saves the index at the end."""
         before = copy.deepcopy(self._data)
         new_files: list[Path] = []
-
-        def restore() -> None:
+        try:
+            yield new_files
+            self._save()
+        except BaseException as e:
             self._data = before
             for f in new_files:
                 f.unlink(missing_ok=True)
-        return restore, new_files
+            if isinstance(e, OSError):
+                raise FacefleetError(f"{failure}: {e.strerror or e}") from None
+            raise
 
     # ---- writing -------------------------------------------------------------------------
     def add(self, name: str, crops: list[np.ndarray], sources: list[str] | None = None, ignore: bool = False) -> int:
         """Store aligned crops for ``name`` (created if new). Returns the number of new crops.
         ``ignore``: ``name`` is an ignore anchor (matches to it raise no event)."""
-        restore, new_files = self._transaction()
-        try:
+        with self._all_or_nothing(f"gallery {self.root}: {name!r} not enrolled") as new_files:
             added = self._add(name, crops, sources, new_files, ignore)
-            self._save()
-        except BaseException as e:
-            restore()
-            if isinstance(e, OSError):
-                raise FacefleetError(f"gallery {self.root}: {name!r} not enrolled: {e.strerror or e}") from None
-            raise
         return added
 
     def _add(self, name: str, crops: list[np.ndarray], sources: list[str] | None, new_files: list[Path],
@@ -301,13 +301,8 @@ class Gallery:
     def remove(self, name: str) -> None:
         if name not in self._data["identities"]:
             raise FacefleetError(f"no identity {name!r} in gallery {self.root}")
-        restore, _ = self._transaction()
-        entry = self._data["identities"].pop(name)
-        try:
-            self._save()
-        except OSError as e:
-            restore()
-            raise FacefleetError(f"gallery {self.root}: {name!r} not removed: {e.strerror or e}") from None
+        with self._all_or_nothing(f"gallery {self.root}: {name!r} not removed"):
+            entry = self._data["identities"].pop(name)
         still_used = {c for e in self._data["identities"].values() for c in e["crops"]}
         for c in entry["crops"]:
             if c not in still_used:
@@ -336,16 +331,9 @@ class Gallery:
 
         ignored: set[str] = set()
         staged = read_gallery_archive(Path(path), max_bytes, ignored=ignored)  # bounded, every entry checked
-        restore, new_files = self._transaction()
-        try:
+        with self._all_or_nothing(f"gallery archive {Path(path).name} not merged") as new_files:
             added = sum(self._add(name, crops, sources, new_files, name in ignored) for name, (crops, sources) in staged.items()
                         if name not in skip)
-            self._save()
-        except BaseException as e:
-            restore()
-            if isinstance(e, OSError):
-                raise FacefleetError(f"gallery archive {Path(path).name} not merged: {e.strerror or e}") from None
-            raise
         return added
 
     # ---- embeddings ----------------------------------------------------------------------
