@@ -265,27 +265,8 @@ class Player:
         comp.forwarder.drain(10)
         workers = list(comp.cameras.values())
         stats = [self.stats[w.cam.id] for w in workers]
-        lat = np.concatenate([np.asarray(s.latencies_ms()) for s in stats]) if any(s.processed for s in stats) else np.zeros(0)
-        processed = [s.processed for s in stats]
         busy_s = sum(sum(w.pipeline.clock.seconds.values()) for w in workers)
-        frames = max(sum(processed), 1)
-        return {
-            "seconds": round(seconds, 2),
-            "total_fps": round(sum(processed) / seconds, 2),
-            "per_camera_fps": [round(p / seconds, 2) for p in processed],
-            "processed": processed,
-            "decoded": [s.decoded for s in stats],
-            "dropped": sum(s.dropped for s in stats),
-            "dropped_per_camera": [s.dropped for s in stats],
-            "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
-            "host_ms_per_frame": round(1000 * (busy_s - device.waited_s) / frames, 2),
-            "host_cpu_ms_per_frame": None,  # not measured per thread in component mode
-            "device_wait_ms_per_frame": round(1000 * device.waited_s / frames, 2),
-            "events": comp.spool.depth + comp._sink.events,
-            "rss_mb": round(_rss_mb(), 1),
-            "errors": [],
-        }
+        return _report(seconds, stats, comp, host_s=busy_s - device.waited_s, cpu_s=None, waited_s=device.waited_s, errors=[])
 
 
 def run(args) -> dict:
@@ -401,23 +382,29 @@ def _play(comp, pipelines: list, source: str, args, device: Device) -> dict:
         t.join()
     seconds = time.monotonic() - start
     comp.forwarder.drain(10)
+    return _report(seconds, stats, comp, host_s=sum(proc_s) - sum(waited_s), cpu_s=sum(cpu_s), waited_s=sum(waited_s),
+                   errors=errors)
+
+
+def _report(seconds: float, stats: list, comp, host_s: float, cpu_s: float | None, waited_s: float, errors: list) -> dict:
+    """The benchmark's JSON, the same for every mode. ``cpu_s``: CPU time of the camera threads in
+    the pipeline (onnxruntime's own threads not included); None where it is not measured per thread."""
     lat = np.concatenate([np.asarray(s.latencies_ms()) for s in stats]) if any(s.processed for s in stats) else np.zeros(0)
     processed = [s.processed for s in stats]
-    per_cam = [round(p / seconds, 2) for p in processed]
+    frames = max(sum(processed), 1)
     return {
         "seconds": round(seconds, 2),
         "total_fps": round(sum(processed) / seconds, 2),
-        "per_camera_fps": per_cam,
+        "per_camera_fps": [round(p / seconds, 2) for p in processed],
         "processed": processed,
         "decoded": [s.decoded for s in stats],
         "dropped": sum(s.dropped for s in stats),
         "dropped_per_camera": [s.dropped for s in stats],
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
-        "host_ms_per_frame": round(1000 * (sum(proc_s) - sum(waited_s)) / max(sum(processed), 1), 2),
-        # CPU time of the camera threads in the pipeline (onnxruntime's own threads not included)
-        "host_cpu_ms_per_frame": round(1000 * sum(cpu_s) / max(sum(processed), 1), 2),
-        "device_wait_ms_per_frame": round(1000 * sum(waited_s) / max(sum(processed), 1), 2),
+        "host_ms_per_frame": round(1000 * host_s / frames, 2),
+        "host_cpu_ms_per_frame": round(1000 * cpu_s / frames, 2) if cpu_s is not None else None,
+        "device_wait_ms_per_frame": round(1000 * waited_s / frames, 2),
         "events": comp.spool.depth + comp._sink.events,  # spooled + confirmed by the counting sink
         "rss_mb": round(_rss_mb(), 1),
         "errors": errors,
