@@ -96,19 +96,6 @@ def blank_png(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.fixture(scope="session")
-def loop_video(tmp_path_factory, clip_frames) -> Path:
-    """A long camera (the clip 4x): runs through every test that needs a live camera."""
-    path = tmp_path_factory.mktemp("video") / "loop.avi"
-    h, w = clip_frames[0].shape[:2]
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
-    for _ in range(4):
-        for f in clip_frames:
-            out.write(f)
-    out.release()
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _assets_env(assets, monkeypatch):
     monkeypatch.setenv("FACEFLEET_ASSETS", str(assets))

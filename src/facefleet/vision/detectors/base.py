@@ -78,6 +78,16 @@ def logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
+def above_threshold(scores: np.ndarray, threshold: float, logits: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, probabilities) of the candidates at or above ``threshold``. Logit scores are
+    compared in logit space: one exp per candidate, not one per anchor."""
+    if logits:
+        idx = np.flatnonzero(scores >= logit(threshold))
+        return idx, sigmoid(scores[idx].astype(np.float32))
+    idx = np.flatnonzero(scores >= threshold)
+    return idx, scores[idx].astype(np.float32)
+
+
 def grid(in_h: int, in_w: int, stride: int) -> tuple[int, int]:
     """Cells of a stride's feature map (ceil, as the conv arithmetic gives)."""
     return -(-in_h // stride), -(-in_w // stride)

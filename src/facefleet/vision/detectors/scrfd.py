@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from facefleet.vision.detections import Detections
-from facefleet.vision.detectors.base import DetectorConfig, OutputMismatch, grid, heads_by_shape, logit, require, sigmoid
+from facefleet.vision.detectors.base import DetectorConfig, OutputMismatch, above_threshold, grid, heads_by_shape, require
 
 
 class Config(DetectorConfig):
@@ -107,12 +107,7 @@ class ScrfdDecoder:
             else:
                 s = raw_scores.reshape(raw_scores.shape[-3:])
                 scores = (s.transpose(1, 2, 0) if cfg.heads_order == "NCHW" else s).reshape(-1)
-            if cfg.scores_are_logits:  # threshold in logit space: one exp per candidate, not per anchor
-                idx = np.flatnonzero(scores >= logit(score_threshold))
-                sc = sigmoid(scores[idx].astype(np.float32))
-            else:
-                idx = np.flatnonzero(scores >= score_threshold)
-                sc = scores[idx].astype(np.float32)
+            idx, sc = above_threshold(scores, score_threshold, cfg.scores_are_logits)
             if idx.size == 0:
                 continue
             centers = self.centers(gh, gw, stride)[idx]

@@ -23,7 +23,15 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from facefleet.vision.detections import Detections
-from facefleet.vision.detectors.base import DetectorConfig, OutputMismatch, grid, heads_by_shape, logit, per_cell, require, sigmoid
+from facefleet.vision.detectors.base import (
+    DetectorConfig,
+    OutputMismatch,
+    above_threshold,
+    grid,
+    heads_by_shape,
+    per_cell,
+    require,
+)
 
 
 class Config(DetectorConfig):
@@ -135,12 +143,7 @@ class YoloFaceDecoder:
         for i, s in enumerate(cfg.strides):
             gh, gw = grid(in_h, in_w, s)
             raw, box, kp = self._stride_rows(outputs, i)
-            if cfg.scores_are_logits:
-                idx = np.flatnonzero(raw >= logit(score_threshold))
-                scores = sigmoid(raw[idx].astype(np.float32))
-            else:
-                idx = np.flatnonzero(raw >= score_threshold)
-                scores = raw[idx].astype(np.float32)
+            idx, scores = above_threshold(raw, score_threshold, cfg.scores_are_logits)
             if idx.size == 0:
                 continue
             bins = box[idx].astype(np.float32).reshape(-1, 4, cfg.reg_max)
